@@ -1,0 +1,1 @@
+"""vae (not yet implemented)."""
