@@ -1,0 +1,15 @@
+"""Denoising diffusion as pure functions of a schedule pytree (DDPM, DDIM)."""
+from jaxgen.diffusion.losses import (diffusion_loss, discretized_gaussian_log_likelihood,
+                                     loss_target, normal_kl, prior_bpd, variational_bound_bpd,
+                                     vb_terms_bpd)
+from jaxgen.diffusion.process import (PREDICTION_TYPES, alpha_bar_at, convert_output,
+                                      eps_from_x0, predict_x0_eps, q_mean_variance,
+                                      q_posterior_mean_variance, q_sample, v_from_x0_eps,
+                                      x0_from_eps)
+from jaxgen.diffusion.sampler import METHODS, ddim_invert, sample
+from jaxgen.diffusion.schedules import (SCHEDULE_KINDS, Schedule, make_schedule,
+                                        rescale_betas_zero_terminal_snr, respace_schedule,
+                                        schedule_from_betas)
+from jaxgen.diffusion.steps import VARIANCE_TYPES, ddim_inverse_step, ddim_step, ddpm_step
+from jaxgen.diffusion.timesteps import (PAD, SPACINGS, pad_table, previous_timesteps,
+                                        timesteps)
