@@ -1,0 +1,7 @@
+"""Weight import/export from reference formats (safetensors, diffusers layouts); never pickle."""
+from jaxgen.interop.diffusers_unet2d import (flax_path_to_diffusers_key, load_diffusers_unet2d,
+                                             params_to_state_dict, save_diffusers_unet2d,
+                                             state_dict_to_params)
+
+__all__ = ["flax_path_to_diffusers_key", "load_diffusers_unet2d", "params_to_state_dict",
+           "save_diffusers_unet2d", "state_dict_to_params"]

@@ -1,0 +1,247 @@
+"""Building blocks of the DDPM U-Net, laid out like diffusers' `UNet2DModel` parts.
+
+Every module keeps the parameter names of its diffusers counterpart (`conv1`, `norm1`,
+`time_emb_proj`, `to_q`, `to_out_0`, ...) so that a diffusers state dict maps onto the
+Flax parameter tree by renaming alone (see `jaxgen.interop.diffusers_unet2d`).
+All activations are NHWC.
+
+References:
+  Ho, Jain, Abbeel (2020), "Denoising Diffusion Probabilistic Models", appendix B
+  (Wide-ResNet blocks, group norm, self-attention at 16x16, Transformer sinusoidal
+  position embedding of t).
+  Vaswani et al. (2017), "Attention Is All You Need", section 3.5 (sinusoidal embedding).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# PyTorch's default Conv2d/Linear kernel init (kaiming_uniform with a=sqrt(5)) is
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)), i.e. variance 1/(3 fan_in). Using it makes a
+# freshly initialised model behave like a freshly initialised diffusers one.
+torch_like_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def timestep_embedding(t: jax.Array, dim: int, *, flip_sin_to_cos: bool,
+                       freq_shift: float, max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal timestep embedding (Vaswani et al. 2017, sec. 3.5; Ho et al. 2020, app. B).
+
+  With `half = dim // 2` and frequencies `f_i = exp(-log(max_period) * i / (half - freq_shift))`
+  for `i = 0..half-1`, the embedding is `[sin(t f), cos(t f)]` (or `[cos, sin]` when
+  `flip_sin_to_cos`), zero-padded by one column when `dim` is odd. This is diffusers'
+  `get_timestep_embedding` with `downscale_freq_shift = freq_shift` and scale 1; the
+  DDPM paper's code corresponds to `freq_shift=1, flip_sin_to_cos=False`.
+
+  Args:
+    t: timesteps, int or float.  # [B]
+    dim: embedding width.
+    flip_sin_to_cos: put the cosine half first.
+    freq_shift: the `downscale_freq_shift` of diffusers (0 or 1 in practice).
+    max_period: the longest period, 10000 as in the Transformer.
+
+  Returns:
+    float32 embedding.  # [B, dim]
+  """
+  if t.ndim != 1:
+    raise ValueError(f"timestep_embedding expects a 1-D array of timesteps [B], got shape {t.shape}")
+  half = dim // 2
+  if half - freq_shift == 0:
+    raise ValueError(f"timestep_embedding: dim={dim} with freq_shift={freq_shift} divides by zero; "
+                     "use a larger embedding dim")
+  exponent = (-math.log(max_period) * jnp.arange(half, dtype=jnp.float32)) / jnp.float32(half - freq_shift)
+  freqs = jnp.exp(exponent)  # [half]
+  args = t.astype(jnp.float32)[:, None] * freqs[None, :]  # [B, half]
+  if flip_sin_to_cos:
+    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  else:
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  if dim % 2 == 1:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb  # [B, dim]
+
+
+def _dense(features: int, name: str, dtype: Dtype) -> nn.Dense:
+  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=torch_like_kernel_init, name=name)
+
+
+def _conv(features: int, kernel: int, name: str, dtype: Dtype, *, stride: int = 1,
+          padding: Any = None) -> nn.Conv:
+  if padding is None:
+    padding = ((kernel // 2, kernel // 2),) * 2
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
+                 dtype=dtype, param_dtype=jnp.float32, kernel_init=torch_like_kernel_init,
+                 name=name)
+
+
+def _group_norm(groups: int, eps: float, name: str, dtype: Dtype) -> nn.GroupNorm:
+  # Two-pass variance: closer to PyTorch's GroupNorm than E[x^2] - E[x]^2.
+  return nn.GroupNorm(num_groups=groups, epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
+                      use_fast_variance=False, name=name)
+
+
+class TimestepEmbedding(nn.Module):
+  """MLP on the sinusoidal embedding: `linear_2(silu(linear_1(e)))` (diffusers `TimestepEmbedding`).
+
+  Attributes:
+    features: output (and hidden) width, `4 * block_out_channels[0]` by default.
+    dtype: computation dtype.
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, emb: jax.Array) -> jax.Array:
+    """Args: emb: sinusoidal embedding [B, D]. Returns: [B, features]."""
+    h = _dense(self.features, "linear_1", self.dtype)(emb)
+    h = nn.silu(h)
+    return _dense(self.features, "linear_2", self.dtype)(h)  # [B, features]
+
+
+class ResnetBlock2D(nn.Module):
+  """Pre-activation residual block with an additive time embedding (DDPM; diffusers `ResnetBlock2D`).
+
+  `out = (shortcut(x) + conv2(drop(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb))))))) / s`
+  where `shortcut` is a 1x1 conv when the channel count changes and `s` is
+  `output_scale_factor`.
+
+  Attributes:
+    out_channels: output channels.
+    groups: GroupNorm groups (both norms).
+    eps: GroupNorm epsilon.
+    dropout: dropout rate before `conv2` (active only with `train=True`).
+    output_scale_factor: the residual sum is divided by it.
+    dtype: computation dtype.
+  """
+  out_channels: int
+  groups: int
+  eps: float
+  dropout: float = 0.0
+  output_scale_factor: float = 1.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, temb: jax.Array, *, train: bool = False) -> jax.Array:
+    """Args: x [B, H, W, Cin]; temb [B, T]; train enables dropout. Returns [B, H, W, out_channels]."""
+    h = _group_norm(self.groups, self.eps, "norm1", self.dtype)(x)
+    h = nn.silu(h)
+    h = _conv(self.out_channels, 3, "conv1", self.dtype)(h)
+    t = _dense(self.out_channels, "time_emb_proj", self.dtype)(nn.silu(temb))  # [B, Cout]
+    h = h + t[:, None, None, :]
+    h = _group_norm(self.groups, self.eps, "norm2", self.dtype)(h)
+    h = nn.silu(h)
+    if self.dropout > 0.0:
+      h = nn.Dropout(self.dropout, deterministic=not train, name="dropout")(h)
+    h = _conv(self.out_channels, 3, "conv2", self.dtype)(h)
+    if x.shape[-1] != self.out_channels:
+      x = _conv(self.out_channels, 1, "conv_shortcut", self.dtype)(x)
+    out = x.astype(h.dtype) + h
+    if self.output_scale_factor != 1.0:
+      out = out / self.output_scale_factor
+    return out  # [B, H, W, out_channels]
+
+
+class AttentionBlock(nn.Module):
+  """Spatial self-attention with group norm and a residual (diffusers `Attention` as built for
+  `AttnDownBlock2D` / `UNetMidBlock2D`: `residual_connection=True`, biases, group norm).
+
+  `out = (x + to_out(softmax(q k^T / sqrt(d)) v)) / rescale_output_factor` with q, k, v
+  linear maps of `group_norm(x)` over the H*W positions, split into `heads` heads of
+  width `dim_head`.
+
+  Attributes:
+    heads: number of heads.
+    dim_head: width of one head (inner width is `heads * dim_head`).
+    groups: GroupNorm groups, or None for no norm.
+    eps: GroupNorm epsilon.
+    rescale_output_factor: divides the residual sum.
+    dtype: computation dtype (the softmax runs in float32).
+  """
+  heads: int
+  dim_head: int
+  groups: int | None
+  eps: float
+  rescale_output_factor: float = 1.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Args: x [B, H, W, C]. Returns [B, H, W, C]."""
+    b, hgt, wid, c = x.shape
+    inner = self.heads * self.dim_head
+    h = x
+    if self.groups is not None:
+      h = _group_norm(self.groups, self.eps, "group_norm", self.dtype)(h)
+    h = h.reshape(b, hgt * wid, c)  # [B, N, C]
+    q = _dense(inner, "to_q", self.dtype)(h).reshape(b, hgt * wid, self.heads, self.dim_head)
+    k = _dense(inner, "to_k", self.dtype)(h).reshape(b, hgt * wid, self.heads, self.dim_head)
+    v = _dense(inner, "to_v", self.dtype)(h).reshape(b, hgt * wid, self.heads, self.dim_head)
+    q = q * jnp.asarray(self.dim_head ** -0.5, q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)  # [B, h, N, N]
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    o = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, hgt * wid, inner)  # [B, N, inner]
+    o = _dense(c, "to_out_0", self.dtype)(o).reshape(b, hgt, wid, c)
+    out = o + x.astype(o.dtype)
+    if self.rescale_output_factor != 1.0:
+      out = out / self.rescale_output_factor
+    return out  # [B, H, W, C]
+
+
+class Downsample2D(nn.Module):
+  """Stride-2 3x3 conv (diffusers `Downsample2D(use_conv=True)`).
+
+  With `padding == 0` the input is padded by one row/column at the bottom/right only
+  (the DDPM TensorFlow convention, `downsample_padding=0` in diffusers); otherwise
+  symmetric padding `padding` on every side.
+
+  Attributes:
+    out_channels: output channels.
+    padding: see above.
+    dtype: computation dtype.
+  """
+  out_channels: int
+  padding: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Args: x [B, H, W, C]. Returns [B, H/2, W/2, out_channels] (for even H, W)."""
+    p = self.padding
+    pad = ((0, 1), (0, 1)) if p == 0 else ((p, p), (p, p))
+    return _conv(self.out_channels, 3, "conv", self.dtype, stride=2, padding=pad)(x)
+
+
+def upsample_nearest2x(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour 2x upsampling of an NHWC array (`F.interpolate(scale_factor=2, mode="nearest")`).
+
+  Args:
+    x: [B, H, W, C].
+
+  Returns:
+    [B, 2H, 2W, C].
+  """
+  b, h, w, c = x.shape
+  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+  return x.reshape(b, 2 * h, 2 * w, c)
+
+
+class Upsample2D(nn.Module):
+  """Nearest 2x upsampling then a 3x3 conv (diffusers `Upsample2D(use_conv=True)`).
+
+  Attributes:
+    out_channels: output channels.
+    dtype: computation dtype.
+  """
+  out_channels: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Args: x [B, H, W, C]. Returns [B, 2H, 2W, out_channels]."""
+    return _conv(self.out_channels, 3, "conv", self.dtype)(upsample_nearest2x(x))
