@@ -1,6 +1,6 @@
 """Denoising diffusion as pure functions of a schedule pytree (DDPM, DDIM)."""
 from jaxgen.diffusion.losses import (diffusion_loss, discretized_gaussian_log_likelihood,
-                                     loss_target, normal_kl, prior_bpd, variational_bound_bpd,
+                                     example_keys, loss_target, sample_t_and_noise, normal_kl, prior_bpd, variational_bound_bpd,
                                      vb_terms_bpd)
 from jaxgen.diffusion.process import (PREDICTION_TYPES, alpha_bar_at, convert_output,
                                       eps_from_x0, predict_x0_eps, q_mean_variance,

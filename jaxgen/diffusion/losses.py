@@ -29,8 +29,28 @@ def loss_target(schedule: Schedule, x0, t, noise, prediction_type: str):
   return v_from_x0_eps(schedule, x0, t, noise)
 
 
+def example_keys(key: jax.Array, batch_size: int, offset=0) -> jax.Array:
+  """One key per example, ``fold_in(key, offset + i)``: the randomness of example i depends on
+  its global index only, so a batch split over devices (sharded jit or pmap, where ``offset``
+  is the shard's first index) draws exactly what one device would."""
+  ids = jnp.asarray(offset, jnp.int32) + jnp.arange(batch_size, dtype=jnp.int32)
+  return jax.vmap(jax.random.fold_in, (None, 0))(key, ids)
+
+
+def sample_t_and_noise(key: jax.Array, shape, num_timesteps: int, offset=0):
+  """Per-example t ~ U{0..T-1} [B] and eps ~ N(0, I) [B, ...] from :func:`example_keys`."""
+  keys = example_keys(key, shape[0], offset)
+
+  def one(k):
+    tk, nk = jax.random.split(k)
+    return (jax.random.randint(tk, (), 0, num_timesteps, jnp.int32),
+            jax.random.normal(nk, tuple(shape[1:]), jnp.float32))
+
+  return jax.vmap(one)(keys)
+
+
 def diffusion_loss(model_fn: Callable, schedule: Schedule, x0: jax.Array, key: jax.Array, *,
-                   prediction_type: str = "epsilon") -> jax.Array:
+                   prediction_type: str = "epsilon", example_offset=0) -> jax.Array:
   """L_simple per example (Ho et al. 2020, Algorithm 1):
 
     t ~ U{0..T-1}, eps ~ N(0, I), x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps,
@@ -40,14 +60,14 @@ def diffusion_loss(model_fn: Callable, schedule: Schedule, x0: jax.Array, key: j
     model_fn: ``(x_t [B, ...], t [B] int32) -> output [B, ...]``.
     schedule: the noise schedule.
     x0: clean data [B, ...].
-    key: PRNG key (split here for t and eps).
+    key: PRNG key; example i draws from ``fold_in(key, example_offset + i)``.
     prediction_type: ``epsilon``, ``sample`` (x_0) or ``v_prediction``.
+    example_offset: global index of this batch's first example (data-parallel shards).
   Returns:
     loss [B].
   """
-  t_key, n_key = jax.random.split(key)
-  t = jax.random.randint(t_key, (x0.shape[0],), 0, schedule.num_timesteps, jnp.int32)
-  noise = jax.random.normal(n_key, x0.shape, x0.dtype)
+  t, noise = sample_t_and_noise(key, x0.shape, schedule.num_timesteps, example_offset)
+  noise = noise.astype(x0.dtype)
   x_t = q_sample(schedule, x0, t, noise)
   target = loss_target(schedule, x0, t, noise, prediction_type)
   out = model_fn(x_t, t)

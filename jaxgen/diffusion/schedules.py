@@ -56,7 +56,7 @@ def rescale_betas_zero_terminal_snr(betas) -> np.ndarray:
   order of operations as the reference implementation, for parity.
   """
   betas = np.asarray(betas, np.float32)
-  alphas_bar_sqrt = np.sqrt(np.cumprod(np.float32(1) - betas, dtype=np.float32))
+  alphas_bar_sqrt = np.sqrt(_cumprod_f32(np.float32(1) - betas))
   first, last = alphas_bar_sqrt[0].copy(), alphas_bar_sqrt[-1].copy()
   alphas_bar_sqrt = (alphas_bar_sqrt - last) * (first / (first - last))
   alphas_bar = alphas_bar_sqrt ** 2
@@ -64,11 +64,15 @@ def rescale_betas_zero_terminal_snr(betas) -> np.ndarray:
   return (np.float32(1) - alphas).astype(np.float32)
 
 
+def _cumprod_f32(x) -> np.ndarray:
+  return np.cumprod(np.asarray(x, np.float32).astype(np.float64)).astype(np.float32)
+
+
 def schedule_from_betas(betas) -> Schedule:
   """Builds a :class:`Schedule` from a [T] array of betas in (0, 1].
 
-  The cumulative product runs in float32, as in the reference implementations, so that
-  ``alphas_cumprod`` matches them to float32 rounding.
+  The cumulative product is accumulated in float64 and rounded to float32 per entry, as
+  torch's CPU ``cumprod`` does, so ``alphas_cumprod`` matches diffusers bit for bit.
   """
   betas = np.asarray(betas, dtype=np.float32)
   if betas.ndim != 1 or betas.size < 1:
@@ -77,7 +81,7 @@ def schedule_from_betas(betas) -> Schedule:
     raise ValueError("betas must be finite and in (0, 1]; got min "
                      f"{betas.min()!r}, max {betas.max()!r}")
   alphas = (np.float32(1) - betas).astype(np.float32)
-  ac = np.cumprod(alphas, dtype=np.float32)
+  ac = _cumprod_f32(alphas)
   ac_prev = np.concatenate([np.ones(1, np.float32), ac[:-1]])
   # Coefficients of the Gaussian posterior q(x_{t-1} | x_t, x_0), Ho et al. eq. 6-7, in float64.
   b, a, ac64, acp64 = (x.astype(np.float64) for x in (betas, alphas, ac, ac_prev))

@@ -1,0 +1,58 @@
+"""The experiment runner's command line (thin: all logic lives in importable modules).
+
+  python -m experiments.main train --config experiments/configs/ddpm_digits.py[:smoke] --workdir DIR
+  python -m experiments.main sample --workdir DIR [--num N] [--sampler ddpm|ddim] [--steps S] [--seed K]
+  python -m experiments.main evaluate --workdir DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(prog="python -m experiments.main", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="command", required=True)
+  t = sub.add_parser("train", help="train (or resume) a model")
+  t.add_argument("--config", required=True, help="experiments/configs/NAME.py[:variant]")
+  t.add_argument("--workdir", required=True)
+  t.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                 help="override a config field (repeatable), e.g. --set train.num_steps=100")
+  s = sub.add_parser("sample", help="sample from a trained workdir")
+  s.add_argument("--workdir", required=True)
+  s.add_argument("--num", type=int, default=64)
+  s.add_argument("--sampler", choices=("ddpm", "ddim"), default=None)
+  s.add_argument("--steps", type=int, default=None)
+  s.add_argument("--eta", type=float, default=None)
+  s.add_argument("--seed", type=int, default=0)
+  e = sub.add_parser("evaluate", help="classifier-FID and friends for a trained workdir")
+  e.add_argument("--workdir", required=True)
+  e.add_argument("--num", type=int, default=None, help="number of samples (default: config)")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  if args.command == "train":
+    from experiments.config import load_config
+    from experiments.train import train
+    config = load_config(args.config, args.set)
+    out = train(config, args.workdir)
+    print(json.dumps({k: v for k, v in out.items() if k != "state"}))
+  elif args.command == "sample":
+    from experiments.sample import sample
+    print(sample(args.workdir, num=args.num, sampler=args.sampler, steps=args.steps,
+                 seed=args.seed, eta=args.eta))
+  else:
+    from experiments.evaluate import evaluate
+    print(json.dumps(evaluate(args.workdir, num_samples=args.num), indent=2))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

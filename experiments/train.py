@@ -1,0 +1,183 @@
+"""``train``: the training loop (importable; ``main.py`` only parses flags)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from experiments import common
+from experiments.config import Config
+from jaxgen import data as jdata
+from jaxgen import parallel
+from jaxgen.metrics import save_image_grid
+from jaxgen.nn import init_unet
+from jaxgen.training import (TrainState, make_manager, make_optimizer, make_train_step,
+                             restore_latest, save)
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+def _validate(config: Config, mesh) -> None:
+  n = mesh.devices.size
+  if config.data.batch_size % n:
+    raise ValueError(f"data.batch_size={config.data.batch_size} must be a multiple of the "
+                     f"{n} devices used for data parallelism")
+  if config.train.num_steps < 1:
+    raise ValueError(f"train.num_steps must be >= 1, got {config.train.num_steps}")
+
+
+def _finite(tree) -> bool:
+  return bool(jax.device_get(jax.tree.reduce(
+      lambda a, b: a & b, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree))))
+
+
+class _Terminate:
+  """SIGTERM handler: asks the loop to save and exit at the next step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler, the loop still works
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def train(config: Config, workdir: str) -> dict:
+  """Trains (or resumes) a diffusion model in ``workdir``.
+
+  Returns:
+    A summary: {"step", "loss", "terminated", "resumed_from"}.
+  Raises:
+    NonFiniteLossError: the loss became NaN/inf (the last good checkpoint stays on disk).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.make_mesh()
+  _validate(config, mesh)
+  source = common.build_source(config, "train")
+  model = common.build_model(config, source.image_shape, source.num_classes)
+  schedule = common.build_schedule(config)
+  common.save_config(workdir, config)
+  common.write_run_json(os.path.join(workdir, "run.json"), config, command="train",
+                        model=model.config.to_diffusers_dict())
+
+  tc = config.train
+  root = jax.random.key(config.seed)
+  init_key, train_key, sample_key = (jax.random.fold_in(root, i) for i in range(3))
+  params = init_unet(model, init_key, image_size=source.image_shape[:2])
+  tx = make_optimizer(tc.learning_rate, warmup_steps=tc.warmup_steps, total_steps=tc.num_steps,
+                      decay=tc.lr_decay, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip)
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  state = parallel.replicate(state, mesh)
+  loader = jdata.Loader(source, config.data.batch_size, seed=config.seed)
+
+  manager = make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=tc.max_to_keep)
+  restored = restore_latest(manager, state)
+  resumed_from = None
+  if restored is not None:
+    state, data_state, resumed_from = restored
+    if data_state is not None:
+      loader.set_state(data_state)
+    log.info("resumed from step %d", resumed_from)
+
+  step_fn = jax.jit(make_train_step(
+      model, schedule, prediction_type=config.diffusion.prediction_type,
+      ema_decay=tc.ema_decay, ema_warmup=tc.ema_warmup, cond_drop_prob=tc.cond_drop_prob,
+      null_label=common.null_label(model)), donate_argnums=0)
+  sample_fn = common.make_sample_fn(model, schedule, config, config.sample.sampler)
+  table = common.sampling_table(config)
+
+  def write_samples(step: int):
+    n = config.sample.num
+    labels = (np.arange(n) % source.num_classes
+              if model.config.num_class_embeds is not None else None)
+    imgs = common.draw_samples(sample_fn, state.ema_params, jax.random.fold_in(sample_key, step),
+                               n, config.sample.batch_size, source.image_shape, table,
+                               config.sample.eta, labels)
+    path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+    save_image_grid(path, imgs, nrow=int(math.ceil(math.sqrt(n))))
+    np.savez_compressed(path[:-4] + ".npz", images=imgs)
+    common.write_run_json(os.path.join(workdir, "samples", "run.json"), config, command="train",
+                          step=step, sampler=config.sample.sampler, steps=config.sample.steps)
+
+  def checkpoint():
+    if not _finite(state.params):
+      raise NonFiniteLossError("parameters are not finite; not saving a checkpoint")
+    save(manager, state, loader.get_state())
+
+  from tensorboardX import SummaryWriter
+  writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+  metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+  start = int(jax.device_get(state.step))
+  last_loss, terminated = float("nan"), False
+  it = iter(loader)
+  try:
+    with _Terminate() as term, tqdm(total=tc.num_steps, initial=start, desc="train",
+                                    dynamic_ncols=True) as bar:
+      t0, n0 = time.perf_counter(), start
+      for step in range(start, tc.num_steps):
+        batch = next(it)
+        jdata.check_batch(batch, source.image_shape)  # shape, dtype, NaN: cheap on the host
+        batch = {k: batch[k] for k in ("image", "label") if k in batch}
+        state, metrics = step_fn(state, parallel.shard_batch(batch, mesh), train_key)
+        done = step + 1
+        bar.update(1)
+        if done % tc.log_every == 0 or done == tc.num_steps:
+          m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          last_loss = m["loss"]
+          if not math.isfinite(last_loss):
+            good = manager.latest_step()
+            raise NonFiniteLossError(
+                f"loss is {last_loss} at step {done}; stopping. The last good checkpoint "
+                f"(step {good}) is kept in {manager.directory}; lower train.learning_rate or "
+                "check the data for NaNs before resuming.")
+          dt = time.perf_counter() - t0
+          m["steps_per_sec"] = (done - n0) / max(dt, 1e-9)
+          m["examples_per_sec"] = m["steps_per_sec"] * config.data.batch_size
+          t0, n0 = time.perf_counter(), done
+          bar.set_postfix(loss=f"{last_loss:.4f}", it_s=f"{m['steps_per_sec']:.1f}")
+          metrics_file.write(json.dumps({"step": done, **m}) + "\n")
+          metrics_file.flush()
+          for k, v in m.items():
+            writer.add_scalar(f"train/{k}", v, done)
+        if term.requested:
+          checkpoint()
+          terminated = True
+          log.warning("SIGTERM: saved a checkpoint at step %d and stopped", done)
+          break
+        if done % tc.checkpoint_every == 0 and done < tc.num_steps:
+          checkpoint()
+        if tc.sample_every and done % tc.sample_every == 0 and done < tc.num_steps:
+          write_samples(done)
+    if not terminated:
+      checkpoint()
+      write_samples(int(jax.device_get(state.step)))
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    metrics_file.close()
+    writer.close()
+  return {"step": int(jax.device_get(state.step)), "loss": last_loss, "terminated": terminated,
+          "resumed_from": resumed_from, "state": state}

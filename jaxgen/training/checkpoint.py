@@ -1,0 +1,93 @@
+"""Checkpoints with orbax: train-state arrays, the data iterator's state and run metadata.
+
+A checkpoint ``<dir>/<step>/`` holds ``state`` (step, params, EMA params, optimizer state) and
+``data`` (the loader's JSON state), so a resumed run continues with the very next batch.
+Restoring walks back from the newest step when a checkpoint is unreadable (a half-written or
+corrupt directory), and says what to do when none is usable.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxgen.training.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+  """No usable checkpoint where one was required."""
+
+
+def make_manager(directory: str, *, max_to_keep: int = 3,
+                 async_save: bool = True) -> ocp.CheckpointManager:
+  """An orbax ``CheckpointManager`` keeping the newest ``max_to_keep`` checkpoints."""
+  directory = os.path.abspath(directory)
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                         enable_async_checkpointing=async_save)
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict | None = None,
+         *, force: bool = True) -> None:
+  """Saves the state's arrays (and the loader state) at ``state.step``."""
+  step = int(jax.device_get(state.step))
+  items = {"state": ocp.args.StandardSave(state.arrays())}
+  if data_state is not None:
+    items["data"] = ocp.args.JsonSave(data_state)
+  manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore_latest(manager: ocp.CheckpointManager, state: TrainState, *,
+                   with_data: bool = True) -> tuple[TrainState, dict | None, int] | None:
+  """Restores the newest readable checkpoint into the structure (and shardings) of ``state``.
+
+  Unreadable checkpoints are skipped with a warning (falling back to the previous good one).
+
+  Returns:
+    (state, data_state or None, step), or None when the directory has no checkpoint at all.
+  Raises:
+    CheckpointError: checkpoints exist but none can be read.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    return None
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state.arrays())
+  errors = []
+  for step in steps:
+    try:
+      items = {"state": ocp.args.StandardRestore(target)}
+      if with_data:
+        items["data"] = ocp.args.JsonRestore()
+      restored = manager.restore(step, args=ocp.args.Composite(**items))
+      data = restored["data"] if with_data and "data" in restored else None
+      return state.replace_arrays(restored["state"]), data, step
+    except Exception as e:  # noqa: BLE001 -- any failure to read means "try the previous one"
+      log.warning("checkpoint at step %d in %s is unreadable (%s: %s); trying an older one",
+                  step, manager.directory, type(e).__name__, e)
+      errors.append(f"step {step}: {type(e).__name__}: {e}")
+  raise CheckpointError(
+      f"no readable checkpoint in {manager.directory}; tried steps {steps}:\n  "
+      + "\n  ".join(errors) + "\nDelete the directory to start over, or point --workdir at a "
+      "run with a valid checkpoint.")
+
+
+def restore_arrays(directory: str, state: TrainState) -> tuple[TrainState, int]:
+  """Restores the newest readable checkpoint under ``directory`` (read-only use: sampling,
+  evaluation). Raises :class:`CheckpointError` if there is none."""
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"no checkpoint directory {directory!r}: train first with "
+                          "`python -m experiments.main train --config ... --workdir DIR`")
+  manager = make_manager(directory, async_save=False)
+  try:
+    out = restore_latest(manager, state, with_data=False)
+  finally:
+    manager.close()
+  if out is None:
+    raise CheckpointError(f"{directory!r} holds no checkpoint: train first with "
+                          "`python -m experiments.main train --config ... --workdir DIR`")
+  return out[0], out[2]
