@@ -37,7 +37,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  for name in ("absl", "jax._src.xla_bridge"):
+    logging.getLogger(name).setLevel(logging.WARNING)
   if args.command == "train":
     from experiments.config import load_config
     from experiments.train import train
