@@ -293,3 +293,5 @@ def test_train_classifier_bad_input(key):
     train_classifier(x, {"side": y + 1}, key=key, heads={"side": 2})
   with pytest.raises(TypeError, match="float"):
     train_classifier(x.astype(np.uint8), {"side": y}, key=key)
+  with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+    train_classifier(x * 127.5 + 127.5, {"side": y}, key=key)

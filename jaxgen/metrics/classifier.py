@@ -154,6 +154,9 @@ def _check_images(images, fn: str, image_shape=None) -> np.ndarray:
                      "the images or train a classifier for this size.")
   if not np.all(np.isfinite(x)):
     raise ValueError(f"{fn} got NaN or infinite pixels.")
+  if x.size and np.abs(x).max() > 5.0:  # generated samples may overshoot [-1, 1] a little
+    raise ValueError(f"{fn} expects images in [-1, 1], got values in [{x.min()}, "
+                     f"{x.max()}]; convert [0, 255] data with x / 127.5 - 1.")
   return x.astype(np.float32, copy=False)
 
 
