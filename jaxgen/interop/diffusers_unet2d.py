@@ -53,7 +53,7 @@ def flax_path_to_diffusers_key(path: tuple[str, ...]) -> str:
   return ".".join(parts + [_LEAF_TO_TORCH[leaf]])
 
 
-def _to_flax_layout(arr: np.ndarray, leaf: str, expected: tuple[int, ...], key: str) -> np.ndarray:
+def _to_flax_layout(arr: np.ndarray, leaf: str, expected: tuple[int, ...]) -> np.ndarray:
   if leaf == "kernel" and len(expected) == 4:  # conv OIHW -> HWIO
     if arr.ndim == 4:
       arr = arr.transpose(2, 3, 1, 0)
@@ -62,10 +62,6 @@ def _to_flax_layout(arr: np.ndarray, leaf: str, expected: tuple[int, ...], key: 
       arr = arr[:, :, 0, 0]
     if arr.ndim == 2:
       arr = arr.T
-  if tuple(arr.shape) != tuple(expected):
-    raise ValueError(f"diffusers key {key!r}: shape {tuple(arr.shape)} after conversion does not "
-                     f"match the model's parameter shape {tuple(expected)}; the config.json does "
-                     "not describe these weights")
   return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -105,12 +101,19 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], config: UNetConfi
         f"{len(missing)} missing key(s) {missing[:20]}{' ...' if len(missing) > 20 else ''}, "
         f"{len(unexpected)} unexpected key(s) {unexpected[:20]}"
         f"{' ...' if len(unexpected) > 20 else ''}")
-  flat = {}
-  for key, path in by_key.items():
+  flat, bad = {}, []
+  for key, path in sorted(by_key.items()):
     arr = np.asarray(state_dict[renamed[key]])
     if not np.issubdtype(arr.dtype, np.floating) and arr.dtype.name != "bfloat16":
       raise ValueError(f"diffusers key {key!r} has non-float dtype {arr.dtype}")
-    flat[path] = _to_flax_layout(arr.astype(np.float32), path[-1], shapes[path].shape, key)
+    flat[path] = _to_flax_layout(arr.astype(np.float32), path[-1], shapes[path].shape)
+    if flat[path].shape != tuple(shapes[path].shape):
+      bad.append(f"{key}: stored {tuple(arr.shape)} -> {flat[path].shape}, model expects "
+                 f"{tuple(shapes[path].shape)}")
+  if bad:
+    raise ValueError("diffusers UNet2DModel weights do not match the config (flax layouts shown; "
+                     f"does config.json belong to these weights?): {len(bad)} shape mismatch(es): "
+                     + "; ".join(bad[:20]) + (" ..." if len(bad) > 20 else ""))
   return traverse_util.unflatten_dict(flat)
 
 

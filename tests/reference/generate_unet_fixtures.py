@@ -11,6 +11,8 @@ For each small, randomly initialised diffusers `UNet2DModel` below this writes
   tests/reference/unet_<name>.npz with the inputs (x NHWC, t, optional y), the output
     (NHWC) and intermediate activations captured with forward hooks (time embedding,
     conv_in, each down block, mid block, each up block; 4-D ones transposed to NHWC).
+and tests/reference/unet_ddpm_cifar10_keys.json: state-dict key -> shape of the DDPM
+CIFAR-10 UNet2DModel (google/ddpm-cifar10-32's architecture), built without weights.
 Everything runs in float32 on CPU with fixed seeds.
 """
 import json
@@ -122,8 +124,24 @@ def generate(name: str, spec: dict) -> None:
         f"diffusers {diffusers.__version__}, torch {torch.__version__}", file=sys.stderr)
 
 
+CIFAR10 = dict(sample_size=32, block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+               down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+               up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+               norm_eps=1e-6, freq_shift=1, flip_sin_to_cos=False, downsample_padding=0,
+               dropout=0.1, attention_head_dim=None)
+
+
+def cifar10_keys() -> None:
+  model = UNet2DModel(**CIFAR10)
+  shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+  with open(os.path.join(HERE, "unet_ddpm_cifar10_keys.json"), "w") as f:
+    json.dump({"num_params": sum(p.numel() for p in model.parameters()), "shapes": shapes}, f,
+              indent=0, sort_keys=True)
+
+
 if __name__ == "__main__":
   torch.use_deterministic_algorithms(True)
   torch.set_num_threads(1)
   for fixture_name, fixture_spec in CONFIGS.items():
     generate(fixture_name, fixture_spec)
+  cifar10_keys()
