@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from jaxgen.interop import (flax_path_to_diffusers_key, load_diffusers_unet2d, params_to_state_dict,
                             save_diffusers_unet2d, state_dict_to_params)

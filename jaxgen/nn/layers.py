@@ -245,3 +245,130 @@ class Upsample2D(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """Args: x [B, H, W, C]. Returns [B, 2H, 2W, out_channels]."""
     return _conv(self.out_channels, 3, "conv", self.dtype)(upsample_nearest2x(x))
+
+
+def _attention(channels: int, attention_head_dim: int | None, groups: int, eps: float,
+               rescale: float, dtype: Dtype, name: str) -> AttentionBlock:
+  # diffusers: heads = channels // head_dim, one head of width `channels` when head_dim is None.
+  dim_head = attention_head_dim or channels
+  return AttentionBlock(heads=channels // dim_head, dim_head=dim_head, groups=groups, eps=eps,
+                        rescale_output_factor=rescale, dtype=dtype, name=name)
+
+
+class DownBlock(nn.Module):
+  """One encoder level: diffusers `DownBlock2D`, or `AttnDownBlock2D` when `attention`.
+
+  `num_layers` resnets (each followed by attention when `attention`), then an optional
+  stride-2 downsampling conv. Returns the output and the skip states handed to the decoder
+  (every resnet/attention output, then the downsampled output).
+
+  Attributes:
+    out_channels: channels of the level.
+    num_layers: resnet blocks.
+    groups, eps: GroupNorm groups and epsilon (resnets and attention).
+    dropout: resnet dropout rate.
+    attention: AttnDownBlock2D instead of DownBlock2D.
+    attention_head_dim: head width, None for one head.
+    add_downsample: False at the coarsest level.
+    downsample_padding: see `Downsample2D`.
+    dtype: computation dtype.
+  """
+  out_channels: int
+  num_layers: int
+  groups: int
+  eps: float
+  dropout: float = 0.0
+  attention: bool = False
+  attention_head_dim: int | None = None
+  add_downsample: bool = True
+  downsample_padding: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, temb, *, train: bool = False):
+    """Args: x [B, H, W, Cin]; temb [B, T]. Returns (h [B, H', W', C], skips tuple of NHWC)."""
+    skips = []
+    for j in range(self.num_layers):
+      x = ResnetBlock2D(self.out_channels, self.groups, self.eps, self.dropout, dtype=self.dtype,
+                        name=f"resnets_{j}")(x, temb, train=train)
+      if self.attention:
+        x = _attention(self.out_channels, self.attention_head_dim, self.groups, self.eps, 1.0,
+                       self.dtype, f"attentions_{j}")(x)
+      skips.append(x)
+    if self.add_downsample:
+      x = Downsample2D(self.out_channels, self.downsample_padding, dtype=self.dtype,
+                       name="downsamplers_0")(x)
+      skips.append(x)
+    return x, tuple(skips)
+
+
+class UpBlock(nn.Module):
+  """One decoder level: diffusers `UpBlock2D`, or `AttnUpBlock2D` when `attention`.
+
+  Each of the `num_layers` resnets takes the channel concatenation `[x, skip]`, skips
+  consumed last first; then an optional nearest-2x upsampling + conv.
+
+  Attributes: as `DownBlock`, with `add_upsample` (False at the finest level).
+  """
+  out_channels: int
+  num_layers: int
+  groups: int
+  eps: float
+  dropout: float = 0.0
+  attention: bool = False
+  attention_head_dim: int | None = None
+  add_upsample: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, skips, temb, *, train: bool = False):
+    """Args: x [B, H, W, C]; skips: `num_layers` NHWC arrays; temb [B, T]. Returns NHWC."""
+    if len(skips) != self.num_layers:
+      raise ValueError(f"UpBlock: expected {self.num_layers} skip states, got {len(skips)}")
+    skips = list(skips)
+    for j in range(self.num_layers):
+      x = jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1)
+      x = ResnetBlock2D(self.out_channels, self.groups, self.eps, self.dropout, dtype=self.dtype,
+                        name=f"resnets_{j}")(x, temb, train=train)
+      if self.attention:
+        x = _attention(self.out_channels, self.attention_head_dim, self.groups, self.eps, 1.0,
+                       self.dtype, f"attentions_{j}")(x)
+    if self.add_upsample:
+      x = Upsample2D(self.out_channels, dtype=self.dtype, name="upsamplers_0")(x)
+    return x
+
+
+class MidBlock(nn.Module):
+  """diffusers `UNetMidBlock2D` (one layer): resnet, [attention], resnet, each scaled by
+  `output_scale_factor` (`mid_block_scale_factor`).
+
+  Attributes:
+    channels: channels of the coarsest level.
+    groups, eps, dropout: as `DownBlock`.
+    attention: include the attention (`add_attention`).
+    attn_groups: GroupNorm groups of the attention.
+    attention_head_dim: head width, None for one head.
+    output_scale_factor: divides each residual sum.
+    dtype: computation dtype.
+  """
+  channels: int
+  groups: int
+  eps: float
+  dropout: float = 0.0
+  attention: bool = True
+  attn_groups: int | None = None
+  attention_head_dim: int | None = None
+  output_scale_factor: float = 1.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, temb, *, train: bool = False):
+    """Args: x [B, H, W, C]; temb [B, T]. Returns [B, H, W, C]."""
+    s = self.output_scale_factor
+    x = ResnetBlock2D(self.channels, self.groups, self.eps, self.dropout, s, dtype=self.dtype,
+                      name="resnets_0")(x, temb, train=train)
+    if self.attention:
+      x = _attention(self.channels, self.attention_head_dim, self.attn_groups or self.groups,
+                     self.eps, s, self.dtype, "attentions_0")(x)
+    return ResnetBlock2D(self.channels, self.groups, self.eps, self.dropout, s, dtype=self.dtype,
+                         name="resnets_1")(x, temb, train=train)

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxgen.nn.layers import (AttentionBlock, Downsample2D, ResnetBlock2D, TimestepEmbedding,
-                              Upsample2D, _conv, _group_norm, timestep_embedding)
+from jaxgen.nn.layers import (DownBlock, MidBlock, TimestepEmbedding, UpBlock, _conv, _group_norm,
+                              timestep_embedding)
 
 DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D")
 UP_BLOCK_TYPES = ("UpBlock2D", "AttnUpBlock2D")
@@ -275,87 +275,6 @@ class UNetConfig:
     return cls(**kw)
 
 
-class DownBlock(nn.Module):
-  """One encoder level: `DownBlock2D`, or `AttnDownBlock2D` when `attention` (attention after each resnet).
-
-  Returns the block output and the states handed to the decoder as skips (each resnet /
-  attention output, then the downsampled output).
-  """
-  config: UNetConfig
-  out_channels: int
-  attention: bool
-  add_downsample: bool
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, temb, *, train: bool = False):
-    cfg = self.config
-    skips = []
-    for j in range(cfg.layers_per_block):
-      x = ResnetBlock2D(self.out_channels, cfg.norm_num_groups, cfg.norm_eps, cfg.dropout,
-                        dtype=self.dtype, name=f"resnets_{j}")(x, temb, train=train)
-      if self.attention:
-        x = _attention(cfg, self.out_channels, cfg.norm_num_groups, 1.0, self.dtype,
-                       f"attentions_{j}")(x)
-      skips.append(x)
-    if self.add_downsample:
-      x = Downsample2D(self.out_channels, cfg.downsample_padding, dtype=self.dtype,
-                       name="downsamplers_0")(x)
-      skips.append(x)
-    return x, tuple(skips)
-
-
-class UpBlock(nn.Module):
-  """One decoder level: `UpBlock2D`, or `AttnUpBlock2D` when `attention`; each of its
-  `layers_per_block + 1` resnets takes the concatenation `[x, skip]` (last skip first)."""
-  config: UNetConfig
-  out_channels: int
-  attention: bool
-  add_upsample: bool
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, skips, temb, *, train: bool = False):
-    cfg = self.config
-    skips = list(skips)
-    for j in range(cfg.layers_per_block + 1):
-      x = jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1)
-      x = ResnetBlock2D(self.out_channels, cfg.norm_num_groups, cfg.norm_eps, cfg.dropout,
-                        dtype=self.dtype, name=f"resnets_{j}")(x, temb, train=train)
-      if self.attention:
-        x = _attention(cfg, self.out_channels, cfg.norm_num_groups, 1.0, self.dtype,
-                       f"attentions_{j}")(x)
-    if self.add_upsample:
-      x = Upsample2D(self.out_channels, dtype=self.dtype, name="upsamplers_0")(x)
-    return x
-
-
-class MidBlock(nn.Module):
-  """`UNetMidBlock2D`: resnet, [attention], resnet at the coarsest level."""
-  config: UNetConfig
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, temb, *, train: bool = False):
-    cfg = self.config
-    c = cfg.block_out_channels[-1]
-    s = float(cfg.mid_block_scale_factor)
-    x = ResnetBlock2D(c, cfg.norm_num_groups, cfg.norm_eps, cfg.dropout, s, dtype=self.dtype,
-                      name="resnets_0")(x, temb, train=train)
-    if cfg.add_attention:
-      groups = cfg.attn_norm_num_groups or cfg.norm_num_groups
-      x = _attention(cfg, c, groups, s, self.dtype, "attentions_0")(x)
-    return ResnetBlock2D(c, cfg.norm_num_groups, cfg.norm_eps, cfg.dropout, s, dtype=self.dtype,
-                         name="resnets_1")(x, temb, train=train)
-
-
-def _attention(cfg: UNetConfig, channels: int, groups: int, rescale: float, dtype: Any,
-               name: str) -> AttentionBlock:
-  dim_head = cfg.attention_head_dim or channels
-  return AttentionBlock(heads=channels // dim_head, dim_head=dim_head, groups=groups,
-                        eps=cfg.norm_eps, rescale_output_factor=rescale, dtype=dtype, name=name)
-
-
 class UNet2D(nn.Module):
   """The DDPM noise-prediction U-Net (Ho et al. 2020), diffusers `UNet2DModel` in Flax, NHWC.
 
@@ -452,17 +371,23 @@ class UNet2D(nn.Module):
     h = _conv(c0, 3, "conv_in", self.dtype)(x)
     skips = [h]
     n = cfg.num_levels
+    common = dict(groups=cfg.norm_num_groups, eps=cfg.norm_eps, dropout=cfg.dropout,
+                  attention_head_dim=cfg.attention_head_dim, dtype=self.dtype)
     for i, (kind, ch) in enumerate(zip(cfg.down_block_types, cfg.block_out_channels)):
-      h, res = DownBlock(cfg, ch, kind == "AttnDownBlock2D", i < n - 1, dtype=self.dtype,
-                         name=f"down_blocks_{i}")(h, emb, train=train)
+      h, res = DownBlock(ch, cfg.layers_per_block, attention=kind == "AttnDownBlock2D",
+                         add_downsample=i < n - 1, downsample_padding=cfg.downsample_padding,
+                         **common, name=f"down_blocks_{i}")(h, emb, train=train)
       skips.extend(res)
     if cfg.mid_block_type is not None:
-      h = MidBlock(cfg, dtype=self.dtype, name="mid_block")(h, emb, train=train)
+      h = MidBlock(cfg.block_out_channels[-1], attention=cfg.add_attention,
+                   attn_groups=cfg.attn_norm_num_groups or cfg.norm_num_groups,
+                   output_scale_factor=float(cfg.mid_block_scale_factor), **common,
+                   name="mid_block")(h, emb, train=train)
     rev = cfg.block_out_channels[::-1]
     for i, kind in enumerate(cfg.up_block_types):
       k = cfg.layers_per_block + 1
       res, skips = skips[-k:], skips[:-k]
-      h = UpBlock(cfg, rev[i], kind == "AttnUpBlock2D", i < n - 1, dtype=self.dtype,
+      h = UpBlock(rev[i], k, attention=kind == "AttnUpBlock2D", add_upsample=i < n - 1, **common,
                   name=f"up_blocks_{i}")(h, tuple(res), emb, train=train)
     h = _group_norm(cfg.norm_num_groups, cfg.norm_eps, "conv_norm_out", self.dtype)(h)
     h = nn.silu(h)
