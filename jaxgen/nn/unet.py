@@ -347,7 +347,8 @@ class UNet2D(nn.Module):
         they are (diffusers truncates Python floats, not float tensors).
       y: int class labels in [0, num_class_embeds), required iff `num_class_embeds` is set.  # [B]
         Labels are range-checked when concrete; under jit they cannot be, and an
-        out-of-range label gives a NaN embedding (and NaN output).
+        out-of-range (or negative) label gives a NaN embedding, hence NaN output for that
+        example.
       train: enables dropout, drawn from the 'dropout' rng.
 
     Returns:
@@ -363,6 +364,9 @@ class UNet2D(nn.Module):
     emb = timestep_embedding(t, c0, flip_sin_to_cos=cfg.flip_sin_to_cos, freq_shift=cfg.freq_shift)
     emb = TimestepEmbedding(cfg.time_embed_dim, dtype=self.dtype, name="time_embedding")(emb)
     if cfg.num_class_embeds is not None:
+      # Negative labels would wrap around in the gather; send them out of range so that any
+      # invalid label (unchecked under jit) gives a NaN embedding instead of a wrong class.
+      y = jnp.where(y < 0, cfg.num_class_embeds, y)
       class_emb = nn.Embed(cfg.num_class_embeds, cfg.time_embed_dim, dtype=self.dtype,
                            param_dtype=jnp.float32, embedding_init=nn.initializers.normal(1.0),
                            name="class_embedding")(y)
