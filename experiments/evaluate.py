@@ -73,7 +73,7 @@ def evaluate(workdir: str, *, num_samples: int | None = None, seed: int = 1) -> 
   }
   result["fid_ratio_to_floor"] = result["fid_samples_vs_test"] / result["fid_floor_train_vs_test"]
   if config.eval.untrained_baseline:
-    init = init_unet(model, jax.random.key(config.seed + 7), image_size=source.image_shape[:2])
+    init = init_unet(model, jax.random.key(config.seed + 7))
     untrained = common.draw_samples(fn, init, key, n, config.sample.batch_size,
                                     source.image_shape, table, config.sample.eta, labels,
                                     desc="untrained samples")

@@ -19,7 +19,7 @@ def load_trained(workdir: str):
   source = common.build_source(config, "train")
   model = common.build_model(config, source.image_shape, source.num_classes)
   schedule = common.build_schedule(config)
-  abstract_params = jax.eval_shape(lambda k: init_unet(model, k, image_size=source.image_shape[:2]),
+  abstract_params = jax.eval_shape(lambda k: init_unet(model, k),
                                    jax.random.key(0))
   params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_params)
   tc = config.train

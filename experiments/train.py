@@ -86,7 +86,7 @@ def train(config: Config, workdir: str) -> dict:
   tc = config.train
   root = jax.random.key(config.seed)
   init_key, train_key, sample_key = (jax.random.fold_in(root, i) for i in range(3))
-  params = init_unet(model, init_key, image_size=source.image_shape[:2])
+  params = init_unet(model, init_key)
   tx = make_optimizer(tc.learning_rate, warmup_steps=tc.warmup_steps, total_steps=tc.num_steps,
                       decay=tc.lr_decay, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip)
   state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)

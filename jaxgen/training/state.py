@@ -20,7 +20,8 @@ class TrainState(struct.PyTreeNode):
 
   @classmethod
   def create(cls, *, apply_fn: Callable, params: Any, tx: optax.GradientTransformation):
-    params = jax.tree.map(jnp.asarray, params)
+    # A copy: a donated state must not delete the caller's arrays.
+    params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
     return cls(step=jnp.zeros((), jnp.int32), params=params,
                ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
                apply_fn=apply_fn, tx=tx)

@@ -83,7 +83,7 @@ def diffusion_loss_fn(model, schedule: Schedule, *, prediction_type: str = "epsi
       drop = jax.vmap(lambda k: jax.random.bernoulli(k, cond_drop_prob))(
           jax.vmap(jax.random.fold_in, (None, 0))(drop_key, offset + jnp.arange(x0.shape[0])))
       label = jnp.where(drop, null_label, label)
-    model_fn = lambda x, t: model.apply(params, x, t, label, train=True,
+    model_fn = lambda x, t: model.apply({"params": params}, x, t, label, train=True,
                                         rngs={"dropout": jax.random.fold_in(dropout_key, offset)})
     if conditional and label is None:
       raise ValueError("the model is class-conditional: batches need a 'label' entry [B]")
