@@ -244,9 +244,9 @@ def test_diffusion_loss_closed_form(sched, key):
   model = lambda x, t: 0.5 * x
   for kind in D.PREDICTION_TYPES:
     got = D.diffusion_loss(model, sched, x0, key, prediction_type=kind)
-    t_key, n_key = jax.random.split(key)
-    t = jax.random.randint(t_key, (5,), 0, T, jnp.int32)
-    eps = jax.random.normal(n_key, x0.shape)
+    t, eps = D.sample_t_and_noise(key, x0.shape, T)
+    t, eps = np.asarray(t), np.asarray(eps, np.float64)
+    assert t.min() >= 0 and t.max() < T and len(set(t.tolist())) > 1
     _, ab = f64_alpha_bar()
     a = ab[np.asarray(t)][:, None, None, None]
     xt = np.sqrt(a) * x0 + np.sqrt(1 - a) * eps
@@ -254,6 +254,10 @@ def test_diffusion_loss_closed_form(sched, key):
               "v_prediction": np.sqrt(a) * eps - np.sqrt(1 - a) * x0}[kind]
     want = np.mean((0.5 * xt - target) ** 2, axis=(1, 2, 3))
     np.testing.assert_allclose(got, want, rtol=1e-4)
+  # A shard with offset k draws what examples k.. of the whole batch draw.
+  _, full = D.sample_t_and_noise(key, (6, 2), T)
+  _, part = D.sample_t_and_noise(key, (3, 2), T, offset=3)
+  np.testing.assert_array_equal(full[3:], part)
 
 
 def test_normal_kl_matches_monte_carlo(key):
