@@ -70,6 +70,7 @@ class EvalConfig:
 @dataclasses.dataclass
 class Config:
   name: str = "ddpm"
+  family: str = "ddpm"             # which runner module trains it (experiments/families.py)
   seed: int = 0
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   model: dict = dataclasses.field(default_factory=dict)  # jaxgen.nn.UNetConfig fields
@@ -77,6 +78,7 @@ class Config:
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)
   eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+  options: dict = dataclasses.field(default_factory=dict)  # family-specific settings
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)

@@ -39,19 +39,20 @@ def main(argv=None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   for name in ("absl", "jax._src.xla_bridge"):
     logging.getLogger(name).setLevel(logging.WARNING)
+  from experiments.common import load_workdir_config
+  from experiments.config import load_config
+  from experiments.families import get_family
   if args.command == "train":
-    from experiments.config import load_config
-    from experiments.train import train
     config = load_config(args.config, args.set)
-    out = train(config, args.workdir)
-    print(json.dumps({k: v for k, v in out.items() if k != "state"}))
-  elif args.command == "sample":
-    from experiments.sample import sample
-    print(sample(args.workdir, num=args.num, sampler=args.sampler, steps=args.steps,
-                 seed=args.seed, eta=args.eta))
+    out = get_family(config.family).train(config, args.workdir)
+    print(json.dumps({k: v for k, v in out.items() if k != "state"}, default=str))
+    return 0
+  family = get_family(load_workdir_config(args.workdir).family)
+  if args.command == "sample":
+    print(family.sample(args.workdir, num=args.num, sampler=args.sampler, steps=args.steps,
+                        seed=args.seed, eta=args.eta))
   else:
-    from experiments.evaluate import evaluate
-    print(json.dumps(evaluate(args.workdir, num_samples=args.num), indent=2))
+    print(json.dumps(family.evaluate(args.workdir, num_samples=args.num), indent=2))
   return 0
 
 

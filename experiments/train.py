@@ -135,7 +135,7 @@ def train(config: Config, workdir: str) -> dict:
   it = iter(loader)
   try:
     with _Terminate() as term, tqdm(total=tc.num_steps, initial=start, desc="train",
-                                    dynamic_ncols=True) as bar:
+                                    dynamic_ncols=True, mininterval=1.0) as bar:
       t0, n0 = time.perf_counter(), start
       for step in range(start, tc.num_steps):
         batch = next(it)
@@ -173,7 +173,8 @@ def train(config: Config, workdir: str) -> dict:
           write_samples(done)
     if not terminated:
       checkpoint()
-      write_samples(int(jax.device_get(state.step)))
+      if config.sample.num:
+        write_samples(int(jax.device_get(state.step)))
   finally:
     manager.wait_until_finished()
     manager.close()

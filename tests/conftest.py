@@ -12,6 +12,11 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# A per-run persistent compilation cache: identical programs compiled again in the same run
+# (e.g. the runner trained twice for the resume test) load instead of recompiling.
+import tempfile  # noqa: E402
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="jaxgen-xla-cache-"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 _counter = itertools.count()
 

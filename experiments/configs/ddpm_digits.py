@@ -8,16 +8,16 @@ def get_config(variant=None):
   config = Config(
       name="ddpm_digits",
       seed=0,
-      data=DataConfig(name="digits", image_size=None, batch_size=128),
-      model=dict(block_out_channels=(64, 128), layers_per_block=2,
+      data=DataConfig(name="digits", image_size=None, batch_size=64),
+      model=dict(block_out_channels=(32, 64), layers_per_block=2,
                  down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                  up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                 attention_head_dim=None, norm_num_groups=32, norm_eps=1e-6, dropout=0.0,
+                 attention_head_dim=None, norm_num_groups=8, norm_eps=1e-6, dropout=0.0,
                  freq_shift=1, flip_sin_to_cos=False, downsample_padding=0),
       diffusion=DiffusionConfig(schedule="linear", num_timesteps=1000, clip_sample=True),
       train=TrainConfig(num_steps=6000, learning_rate=1e-3, warmup_steps=200, lr_decay="cosine",
                         ema_decay=0.999, log_every=100, checkpoint_every=1000, sample_every=2000),
-      sample=SampleConfig(sampler="ddpm", steps=1000, num=100, batch_size=500),
+      sample=SampleConfig(sampler="ddim", steps=100, num=100, batch_size=500),
       eval=EvalConfig(num_samples=1000, classifier_steps=600, bpd_examples=64),
   )
   if variant == "smoke":

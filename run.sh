@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# jaxgen's two entry points; each does all the set-up itself (a virtualenv in .venv).
+#   ./run.sh demo        train the demo DDPM on the embedded digits, sample, evaluate
+#   ./run.sh test [ARGS] run the test suite (ARGS go to pytest)
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${JAXGEN_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+
+setup() {  # $1: pip extras ("" or "[test]")
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.jaxgen-installed$1"
+  if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e ".$1"
+    touch "$stamp"
+  fi
+}
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+  demo)
+    setup ""
+    WORKDIR="${WORKDIR:-runs/ddpm_digits}"
+    "$VENV/bin/python" -m experiments.main train \
+      --config experiments/configs/ddpm_digits.py --workdir "$WORKDIR" "$@"
+    "$VENV/bin/python" -m experiments.main evaluate --workdir "$WORKDIR"
+    echo "samples: $WORKDIR/samples/  metrics: $WORKDIR/metrics.jsonl  eval: $WORKDIR/eval/"
+    ;;
+  test)
+    setup "[test]"
+    "$VENV/bin/python" -m pytest "$@"
+    ;;
+  *)
+    echo "usage: ./run.sh demo | ./run.sh test [pytest args]" >&2
+    exit 2
+    ;;
+esac

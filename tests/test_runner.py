@@ -1,0 +1,171 @@
+"""End-to-end runner tests on the smoke config: outputs, exact resume after SIGTERM, NaN
+handling, corrupt-checkpoint fallback and clear errors for bad input."""
+import json
+import os
+import shutil
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import train as train_mod
+from experiments.config import apply_override, load_config
+from experiments.evaluate import evaluate
+from experiments.main import main
+from experiments.sample import load_trained, sample
+from jaxgen import data as jdata
+from jaxgen.training import CheckpointError
+
+SMOKE = "experiments/configs/ddpm_digits.py:smoke"
+
+
+def smoke_config(**overrides):
+  config = load_config(SMOKE)
+  for k, v in overrides.items():
+    apply_override(config, f"{k}={v!r}")
+  return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """One smoke run through the command line: 6 steps, checkpoints at 3 and 6."""
+  workdir = str(tmp_path_factory.mktemp("smoke"))
+  assert main(["train", "--config", SMOKE, "--workdir", workdir]) == 0
+  return workdir
+
+
+def test_train_writes_all_outputs(trained):
+  assert sorted(os.listdir(os.path.join(trained, "checkpoints"))) == ["3", "6"]
+  lines = [json.loads(l) for l in open(os.path.join(trained, "metrics.jsonl"))]
+  assert [l["step"] for l in lines] == [2, 4, 6]
+  assert all(np.isfinite(l["loss"]) and l["examples_per_sec"] > 0 for l in lines)
+  run = json.load(open(os.path.join(trained, "run.json")))
+  assert run["seed"] == 0 and run["config"]["name"] == "ddpm_digits"
+  assert run["versions"]["jax"] == jax.__version__ and "schedule" in run
+  samples = os.listdir(os.path.join(trained, "samples"))
+  assert {"step_0000006.png", "step_0000006.npz", "run.json"} <= set(samples)
+  assert any(f.startswith("events") for f in os.listdir(os.path.join(trained, "tensorboard")))
+
+
+def test_sample_and_evaluate(trained):
+  path = sample(trained, num=6, sampler="ddpm", steps=4, seed=3)
+  assert os.path.isfile(path) and os.path.isfile(path[:-4] + ".npz")
+  imgs = np.load(path[:-4] + ".npz")["images"]
+  assert imgs.shape == (6, 8, 8, 1) and imgs.min() >= -1 and imgs.max() <= 1
+  # The same seed gives the same images.
+  again = np.load(sample(trained, num=6, sampler="ddpm", steps=4, seed=3)[:-4] + ".npz")
+  np.testing.assert_array_equal(imgs, again["images"])
+  with pytest.raises(ValueError, match="more than the 50 timesteps"):
+    sample(trained, steps=51)
+  result = evaluate(trained, num_samples=32)
+  for k in ("fid_samples_vs_test", "fid_floor_train_vs_test", "fid_untrained_vs_test",
+            "confident_fraction", "test_bpd"):
+    assert np.isfinite(result[k]), k
+  assert 0 <= result["confident_fraction"] <= 1 and sum(result["class_histogram"]) == 32
+  assert os.path.isfile(os.path.join(trained, "classifier", "config.json"))  # cached
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(trained, tmp_path):
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(trained, workdir)
+  state_dir = os.path.join(workdir, "checkpoints", "6", "state")
+  for root, _, files in os.walk(state_dir):
+    for f in files:
+      with open(os.path.join(root, f), "wb") as fh:
+        fh.write(b"garbage")
+  *_, step = load_trained(workdir)
+  assert step == 3
+  for s in ("3", "6"):
+    shutil.rmtree(os.path.join(workdir, "checkpoints", s, "state"))
+  with pytest.raises(CheckpointError, match="no readable checkpoint"):
+    load_trained(workdir)
+
+
+def test_resume_after_sigterm_is_exact(tmp_path, monkeypatch):
+  config = smoke_config(**{"train.checkpoint_every": 100, "sample.num": 0})
+  full = train_mod.train(config, str(tmp_path / "full"))
+
+  class StopAtThirdBatch(jdata.Loader):
+    calls = 0
+
+    def __next__(self):
+      StopAtThirdBatch.calls += 1
+      if StopAtThirdBatch.calls == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return super().__next__()
+
+  monkeypatch.setattr(train_mod.jdata, "Loader", StopAtThirdBatch)
+  cut = train_mod.train(config, str(tmp_path / "cut"))
+  assert cut["terminated"] and cut["step"] == 3
+  monkeypatch.undo()
+  resumed = train_mod.train(config, str(tmp_path / "cut"))
+  assert resumed["resumed_from"] == 3 and resumed["step"] == 6
+  for a, b in zip(jax.tree.leaves(full["state"].arrays()),
+                  jax.tree.leaves(resumed["state"].arrays())):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(trained, tmp_path):
+  workdir = str(tmp_path / "nan")
+  shutil.copytree(trained, workdir)
+  config = smoke_config(**{"train.num_steps": 12, "train.learning_rate": 1e30})
+  with pytest.raises(FloatingPointError, match="last good checkpoint"):
+    train_mod.train(config, workdir)
+  *_, step = load_trained(workdir)
+  assert step == 6
+
+
+def test_nan_in_batch_is_a_clear_error(tmp_path, monkeypatch):
+  class NaNLoader(jdata.Loader):
+    def __next__(self):
+      batch = super().__next__()
+      batch["image"][0, 0, 0, 0] = np.nan
+      return batch
+
+  monkeypatch.setattr(train_mod.jdata, "Loader", NaNLoader)
+  with pytest.raises(ValueError, match="finite|NaN"):
+    train_mod.train(smoke_config(), str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"data.name": "imagenet21k"}, "imagenet21k"),
+    ({"model.in_channels": 3}, "does not match the 1-channel"),
+    ({"data.image_size": 9}, "multiples of 2"),
+    ({"data.batch_size": 12}, "multiple of the 8 devices"),
+])
+def test_bad_config_errors_before_compile(tmp_path, overrides, match):
+  with pytest.raises(ValueError, match=match):
+    train_mod.train(smoke_config(**overrides), str(tmp_path / "w"))
+
+
+def test_cli_errors(tmp_path):
+  with pytest.raises(ValueError, match="available configs"):
+    load_config("experiments/configs/no_such_config.py")
+  with pytest.raises(ValueError, match="unknown variant"):
+    load_config("experiments/configs/ddpm_digits.py:tiny")
+  with pytest.raises(FileNotFoundError, match="train first"):
+    sample(str(tmp_path))
+  with pytest.raises(ValueError, match="unknown field"):
+    load_config(SMOKE, ["train.num_stepz=3"])
+
+
+def test_cifar10_smoke_on_mock_tfds(tmp_path):
+  """The CIFAR-10 config's runner path end to end on tfds.testing.mock_data (no download)."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = load_config("experiments/configs/ddpm_cifar10.py:smoke")
+  with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+    out = train_mod.train(config, str(tmp_path / "c10"))
+  assert out["step"] == 4 and np.isfinite(out["loss"])
+  imgs = np.load(os.path.join(tmp_path, "c10", "samples", "step_0000004.npz"))["images"]
+  assert imgs.shape == (8, 32, 32, 3)
+
+
+def test_cifar10_config_is_the_paper_model():
+  from experiments import common
+  from jaxgen.nn import count_params, param_shapes
+  config = load_config("experiments/configs/ddpm_cifar10.py")
+  model = common.build_model(config, (32, 32, 3), 10)
+  assert abs(count_params(param_shapes(model)) - 35.7e6) / 35.7e6 < 0.005
+  assert (config.train.learning_rate, config.data.batch_size, config.train.ema_decay,
+          model.config.dropout) == (2e-4, 128, 0.9999, 0.1)
