@@ -12,6 +12,7 @@ import importlib
 
 FAMILIES = {
     "ddpm": "experiments.ddpm",
+    "cfg": "experiments.guidance", "classifier_guidance": "experiments.guidance",
 }
 
 
