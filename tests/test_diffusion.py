@@ -290,3 +290,7 @@ def test_step_input_errors(sched):
     D.ddpm_step(sched, x, 3.5, x, x)
   with pytest.raises(ValueError, match="variance_type"):
     D.ddpm_step(sched, x, 3, x, x, variance_type="learned")
+  with pytest.raises(ValueError, match=r"must lie in \[0, 199\]"):
+    D.q_sample(sched, x, jnp.array([0, 200]), x)
+  with pytest.raises(ValueError, match=r"must lie in \[-1, 199\]"):
+    D.ddim_step(sched, x, 250, 100, x, x)

@@ -1,4 +1,8 @@
 """Denoising diffusion as pure functions of a schedule pytree (DDPM, DDIM)."""
+from jaxgen.diffusion.guidance import (cfg, cfg_negative, cfg_negative_replace, check_labels,
+                                       classifier_grad, classifier_guidance,
+                                       classifier_mean_shift, guidance_combine,
+                                       log_prob_from_logits, rescale_guidance)
 from jaxgen.diffusion.losses import (diffusion_loss, discretized_gaussian_log_likelihood,
                                      example_keys, loss_target, sample_t_and_noise, normal_kl, prior_bpd, variational_bound_bpd,
                                      vb_terms_bpd)

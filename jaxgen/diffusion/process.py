@@ -7,16 +7,39 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxgen.diffusion.schedules import Schedule
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
+def concrete_or_none(x):
+  """``x`` as a numpy array if it is concrete (not traced), else None: checks run eagerly on
+  concrete inputs and stay silent inside a user's jit."""
+  try:
+    return np.asarray(x)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return None
+
+
+def check_timesteps(t, num_timesteps: int, name: str = "t", allow_negative: bool = False):
+  """Raises a clear error for concrete timesteps outside [0, T-1] (or [-1, T-1] when
+  ``allow_negative``; -1 means the clean data). JAX would silently clamp the index."""
+  v = concrete_or_none(t)
+  if v is None or v.size == 0:
+    return
+  lo = -1 if allow_negative else 0
+  if v.min() < lo or v.max() > num_timesteps - 1:
+    raise ValueError(f"{name} must lie in [{lo}, {num_timesteps - 1}] for a schedule of "
+                     f"{num_timesteps} timesteps, got values in [{v.min()}, {v.max()}]")
+
+
 def extract(coef: jax.Array, t, x: jax.Array) -> jax.Array:
   """``coef[t]`` shaped to broadcast against ``x`` ([B, ...]): scalar t -> scalar,
   [B] t -> [B, 1, ..., 1]."""
   t = jnp.asarray(t)
+  check_timesteps(t, coef.shape[-1])
   if t.ndim > 1:
     raise ValueError(f"t must be a scalar or a [B] vector, got shape {t.shape}")
   if t.ndim == 1 and t.shape[0] != x.shape[0]:
@@ -28,6 +51,7 @@ def extract(coef: jax.Array, t, x: jax.Array) -> jax.Array:
 def alpha_bar_at(schedule: Schedule, t) -> jax.Array:
   """alpha_bar at t, with alpha_bar = 1 for t < 0 (the clean data, "before" step 0)."""
   t = jnp.asarray(t)
+  check_timesteps(t, schedule.num_timesteps, allow_negative=True)
   return jnp.where(t >= 0, schedule.alphas_cumprod[jnp.maximum(t, 0)], 1.0)
 
 

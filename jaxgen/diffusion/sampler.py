@@ -14,22 +14,13 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from jaxgen.diffusion.process import concrete_or_none
 from jaxgen.diffusion.schedules import Schedule
 from jaxgen.diffusion.steps import VARIANCE_TYPES, ddim_inverse_step, ddim_step, ddpm_step
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 METHODS = ("ddpm", "ddim")
-
-
-def concrete_or_none(x):
-  """``x`` as a numpy array if it is concrete (not traced), else None: lets checks run
-  eagerly on concrete inputs and stay silent inside a user's jit."""
-  try:
-    return np.asarray(x)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    return None
 
 
 def _prev_from_table(table: jax.Array) -> jax.Array:
@@ -40,7 +31,7 @@ def _prev_from_table(table: jax.Array) -> jax.Array:
 def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape, table, *,
            method: str = "ddim", prev_table=None, eta=0.0, prediction_type: str = "epsilon",
            variance_type: str = "fixed_small", clip_sample: bool = False, x_T=None,
-           noise=None, return_trajectory: bool = False):
+           noise=None, return_trajectory: bool = False, guidance_grad_fn=None):
   """Draws samples by running the reverse process over ``table``.
 
   Args:
@@ -58,11 +49,17 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape, tab
     x_T: optional starting noise [B, ...] (then `key` only draws the step noise).
     noise: optional per-step noise [L, B, ...] instead of drawing it from `key`.
     return_trajectory: also return x after every entry of the table, [L, B, ...].
+    guidance_grad_fn: DDPM only, ``(x_t, t [B]) -> g grad_x log p(y | x_t)``: each step's mean
+      moves by its variance times this (classifier guidance as in Dhariwal & Nichol 2021,
+      Algorithm 1; :func:`jaxgen.diffusion.classifier_mean_shift`).
   Returns:
     x_0 [B, ...], or (x_0, trajectory) when return_trajectory.
   """
   if method not in METHODS:
     raise ValueError(f"unknown sampler {method!r}; expected one of {METHODS}")
+  if guidance_grad_fn is not None and method != "ddpm":
+    raise ValueError("guidance_grad_fn is the DDPM mean-shift form of classifier guidance; for "
+                     "DDIM wrap the denoiser with jaxgen.diffusion.classifier_guidance instead")
   if variance_type not in VARIANCE_TYPES:
     raise ValueError(f"unknown variance_type {variance_type!r}; expected {VARIANCE_TYPES}")
   shape = tuple(int(s) for s in shape)
@@ -90,8 +87,10 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape, tab
     t_vec = jnp.full((batch,), t, jnp.int32)
     out = denoise_fn(x, t_vec)
     if method == "ddpm":
+      grad = None if guidance_grad_fn is None else guidance_grad_fn(x, t_vec)
       return ddpm_step(schedule, x, t, out, z, prev_t=t_prev, prediction_type=prediction_type,
-                       variance_type=variance_type, clip_sample=clip_sample)
+                       variance_type=variance_type, clip_sample=clip_sample,
+                       guidance_grad=grad)
     return ddim_step(schedule, x, t, t_prev, out, z, eta=eta,
                      prediction_type=prediction_type, clip_sample=clip_sample)
 

@@ -35,7 +35,8 @@ def _pair(schedule: Schedule, x_t: jax.Array, t, prev_t):
 
 def ddpm_step(schedule: Schedule, x_t: jax.Array, t, model_output: jax.Array,
               noise: jax.Array, *, prev_t=None, prediction_type: str = "epsilon",
-              variance_type: str = "fixed_small", clip_sample: bool = False) -> jax.Array:
+              variance_type: str = "fixed_small", clip_sample: bool = False,
+              guidance_grad: jax.Array | None = None) -> jax.Array:
   """One ancestral sampling step x_t -> x_{prev_t} (Ho et al. 2020, Algorithm 2).
 
   With alpha' = ab_t / ab_prev and beta' = 1 - alpha' (alpha_t and beta_t when prev_t = t-1):
@@ -58,6 +59,9 @@ def ddpm_step(schedule: Schedule, x_t: jax.Array, t, model_output: jax.Array,
     prediction_type: what the model predicts: ``epsilon``, ``sample`` or ``v_prediction``.
     variance_type: ``fixed_small`` or ``fixed_large``.
     clip_sample: clip the predicted x_0 to [-1, 1].
+    guidance_grad: optional g grad_x log p(y | x_t) shaped like x_t: the mean moves by
+      variance * guidance_grad (classifier guidance, Dhariwal & Nichol 2021, Algorithm 1; see
+      :mod:`jaxgen.diffusion.guidance`).
   Returns:
     x_prev shaped like x_t.
   """
@@ -77,6 +81,11 @@ def ddpm_step(schedule: Schedule, x_t: jax.Array, t, model_output: jax.Array,
     var = jnp.maximum((1.0 - ab_prev) / (1.0 - ab_t) * beta, 1e-20)
   else:
     var = beta
+  if guidance_grad is not None:
+    if guidance_grad.shape != x_t.shape:
+      raise ValueError(f"guidance_grad shape {guidance_grad.shape} must equal x_t shape "
+                       f"{x_t.shape}")
+    mean = mean + var * guidance_grad
   add = _bcast(jnp.asarray(prev_t) >= 0, x_t)
   return mean + jnp.where(add, jnp.sqrt(var), 0.0) * noise
 
