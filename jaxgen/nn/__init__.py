@@ -10,3 +10,18 @@ __all__ = [
     "timestep_embedding", "upsample_nearest2x", "UNet2D", "UNetConfig", "UnsupportedOptionError",
     "count_params", "init_unet", "param_shapes",
 ]
+
+from jaxgen.nn.autoencoder import (Autoencoder, AutoencoderConfig, Decoder, Encoder, ResBlock,
+                                   init_autoencoder)
+from jaxgen.nn.discriminator import (PatchDiscriminator, PatchDiscriminatorConfig,
+                                     init_discriminator)
+
+__all__ += ["Autoencoder", "AutoencoderConfig", "Decoder", "Encoder", "ResBlock",
+            "init_autoencoder", "PatchDiscriminator", "PatchDiscriminatorConfig",
+            "init_discriminator"]
+
+from jaxgen.nn.gan import DCGANDiscriminator, DCGANGenerator, DirectionReconstructor
+from jaxgen.nn.stylegan import StyleDiscriminator, StyleGANConfig, StyleGenerator
+
+__all__ += ["DCGANDiscriminator", "DCGANGenerator", "DirectionReconstructor",
+            "StyleDiscriminator", "StyleGANConfig", "StyleGenerator"]
