@@ -13,6 +13,7 @@ import importlib
 FAMILIES = {
     "ddpm": "experiments.ddpm",
     "cfg": "experiments.guidance", "classifier_guidance": "experiments.guidance",
+    "autoencoder": "experiments.autoencoders",
 }
 
 
