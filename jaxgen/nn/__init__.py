@@ -19,3 +19,9 @@ from jaxgen.nn.discriminator import (PatchDiscriminator, PatchDiscriminatorConfi
 __all__ += ["Autoencoder", "AutoencoderConfig", "Decoder", "Encoder", "ResBlock",
             "init_autoencoder", "PatchDiscriminator", "PatchDiscriminatorConfig",
             "init_discriminator"]
+
+from jaxgen.nn.gan import DCGANDiscriminator, DCGANGenerator, DirectionReconstructor
+from jaxgen.nn.stylegan import StyleDiscriminator, StyleGANConfig, StyleGenerator
+
+__all__ += ["DCGANDiscriminator", "DCGANGenerator", "DirectionReconstructor",
+            "StyleDiscriminator", "StyleGANConfig", "StyleGenerator"]

@@ -1,0 +1,297 @@
+"""Latent directions: supervised (InterFaceGAN) and unsupervised (Voynov & Babenko 2020).
+
+Supervised (Shen, Gu, Tang, Zhou 2020, "Interpreting the Latent Space of GANs for Semantic
+Face Editing", sec. 2.2-2.3): label generated samples with an attribute classifier, keep the
+most confident ones on either side, fit a linear classifier on their latents; its unit normal
+n is the editing direction, an edit is z' = z + m n. Conditional editing (eq. 4) projects the
+directions of attributes to keep fixed out of n: n' = n - C^T (C C^T)^-1 C n.
+
+Unsupervised (Voynov & Babenko 2020, "Unsupervised Discovery of Interpretable Directions in
+the GAN Latent Space", sec. 3): a learnable matrix A of K directions and a reconstructor R are
+trained jointly, the generator frozen: for a random z, index k and shift eps, R sees
+(G(z), G(z + eps A e_k)) and predicts k (cross-entropy) and eps (mean absolute error).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+__all__ = ["attribute_index", "attribute_score", "select_confident", "fit_linear_classifier",
+           "supervised_direction", "conditional_direction", "edit_latents",
+           "monotonic_fraction", "normalize_directions", "VoynovState", "init_voynov",
+           "make_voynov_step"]
+
+
+def attribute_index(attributes: Mapping[str, Sequence[str]], name: str, value) -> int:
+  """Index of ``value`` (a value name or an int) of attribute ``name``.
+
+  Raises:
+    ValueError: unknown attribute or value (the message lists the known ones).
+  """
+  if name not in attributes:
+    raise ValueError(f"unknown attribute {name!r}; expected one of {tuple(attributes)}.")
+  values = tuple(attributes[name])
+  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    if 0 <= value < len(values):
+      return int(value)
+  elif value in values:
+    return values.index(value)
+  raise ValueError(f"attribute {name!r} has no value {value!r}; expected one of {values} "
+                   f"or an index in [0, {len(values)}).")
+
+
+def attribute_score(probs, positive, negative=None):
+  """log P(positive classes) - log P(negative classes) (default: all other classes).
+
+  Args:
+    probs: [N, K] class probabilities of one attribute.
+    positive: class index or sequence of indices.
+    negative: class index / sequence, or None for the complement of `positive`.
+
+  Returns:
+    [N] scores (a logit for binary attributes).
+  """
+  probs = jnp.asarray(probs)
+  k = probs.shape[-1]
+  pos = np.zeros(k, bool)
+  pos[np.atleast_1d(positive)] = True
+  neg = ~pos if negative is None else np.isin(np.arange(k), np.atleast_1d(negative))
+  if (pos & neg).any() or not pos.any() or not neg.any():
+    raise ValueError(f"positive {positive!r} and negative {negative!r} classes must be "
+                     f"non-empty and disjoint subsets of range({k}).")
+  eps = 1e-6
+  return (jnp.log(probs @ pos.astype(probs.dtype) + eps)
+          - jnp.log(probs @ neg.astype(probs.dtype) + eps))
+
+
+def select_confident(scores, fraction: float):
+  """Indices of the top and bottom ``fraction`` of scores (InterFaceGAN keeps 2% each side
+  of 500k samples).
+
+  Returns:
+    (positive_idx [n], negative_idx [n]) numpy int arrays, n = max(1, fraction * N).
+  """
+  scores = np.asarray(scores)
+  if not 0 < fraction <= 0.5:
+    raise ValueError(f"fraction must be in (0, 0.5], got {fraction}.")
+  n = max(1, int(fraction * scores.shape[0]))
+  order = np.argsort(scores, kind="stable")
+  return order[-n:], order[:n]
+
+
+def fit_linear_classifier(x, y, *, method: str = "svm", l2: float = 1e-2,
+                          num_iterations: int = 30):
+  """A linear classifier sign(x . w + b) fitted by Newton's method (full batch, in JAX).
+
+  'logistic': mean log-loss + l2/2 ||w||^2. 'svm': the L2-loss linear SVM,
+  mean max(0, 1 - s (x . w + b))^2 + l2/2 ||w||^2 with s = 2y - 1 (Newton with the
+  generalised Hessian, Keerthi & DeCoste 2005). The bias is not regularised.
+
+  Args:
+    x: [N, D] features (latents).
+    y: [N] labels in {0, 1}.
+    method: 'logistic' or 'svm'.
+    l2: ridge weight (> 0 keeps separable problems bounded).
+    num_iterations: Newton iterations.
+
+  Returns:
+    (w [D], b []) float32.
+  """
+  if method not in ("logistic", "svm"):
+    raise ValueError(f"method must be 'logistic' or 'svm', got {method!r}.")
+  x = jnp.asarray(x, jnp.float32)
+  y = jnp.asarray(y, jnp.float32)
+  if x.ndim != 2 or y.shape != (x.shape[0],):
+    raise ValueError(f"need x [N, D] and y [N], got {x.shape} and {y.shape}.")
+  n, d = x.shape
+  xa = jnp.concatenate([x, jnp.ones((n, 1), x.dtype)], axis=1)  # [N, D+1]
+  reg = jnp.concatenate([jnp.full((d,), l2), jnp.zeros((1,))]).astype(jnp.float32)
+  s = 2.0 * y - 1.0
+
+  def newton(_, theta):
+    f = xa @ theta
+    if method == "logistic":
+      p = jax.nn.sigmoid(f)
+      g = xa.T @ (p - y) / n + reg * theta
+      h = (xa.T * (p * (1 - p))[None]) @ xa / n
+    else:
+      margin = jnp.maximum(0.0, 1.0 - s * f)
+      active = (margin > 0).astype(x.dtype)
+      g = -2.0 * xa.T @ (s * margin) / n + reg * theta
+      h = 2.0 * (xa.T * active[None]) @ xa / n
+    h = h + jnp.diag(reg + 1e-6)
+    return theta - jnp.linalg.solve(h, g)
+
+  theta = jax.lax.fori_loop(0, num_iterations, newton, jnp.zeros((d + 1,), jnp.float32))
+  return theta[:d], theta[d]
+
+
+def supervised_direction(latents, scores, *, fraction: float = 0.1, method: str = "svm",
+                         l2: float = 1e-2):
+  """The InterFaceGAN direction of an attribute.
+
+  Args:
+    latents: [N, D] latents of generated samples (z or w).
+    scores: [N] attribute scores of those samples (e.g. `attribute_score`).
+    fraction: keep this top / bottom fraction as positives / negatives.
+    method, l2: see `fit_linear_classifier`.
+
+  Returns:
+    (n [D] unit normal pointing towards higher scores, info dict with 'train_accuracy',
+    'num_per_side', 'bias').
+  """
+  latents = np.asarray(latents, np.float32)
+  pos, neg = select_confident(scores, fraction)
+  x = np.concatenate([latents[pos], latents[neg]])
+  y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
+  w, b = fit_linear_classifier(x, y, method=method, l2=l2)
+  norm = float(jnp.linalg.norm(w))
+  if not norm > 0:
+    raise ValueError("the linear classifier has a zero normal: the scores do not separate "
+                     "the latents (check the attribute and the classifier).")
+  acc = float(jnp.mean(((jnp.asarray(x) @ w + b) > 0) == (y > 0)))
+  return w / norm, {"train_accuracy": acc, "num_per_side": int(len(pos)), "bias": float(b)}
+
+
+def conditional_direction(primary, conditions):
+  """Projects the condition directions out of ``primary`` and renormalises (InterFaceGAN
+  eq. 4): n' = n - C^T (C C^T)^-1 C n.
+
+  Args:
+    primary: [D] direction to edit along.
+    conditions: [K, D] (or [D]) directions of attributes to keep fixed.
+
+  Returns:
+    [D] unit vector orthogonal to every condition.
+  """
+  n = jnp.asarray(primary, jnp.float32)
+  c = jnp.atleast_2d(jnp.asarray(conditions, jnp.float32))
+  if c.shape[-1] != n.shape[-1]:
+    raise ValueError(f"conditions {c.shape} and primary {n.shape} have different dimensions.")
+  coef = jnp.linalg.solve(c @ c.T, c @ n)
+  out = n - c.T @ coef
+  norm = jnp.linalg.norm(out)
+  if not isinstance(norm, jax.core.Tracer) and float(norm) < 1e-6 * float(jnp.linalg.norm(n)):
+    raise ValueError("the primary direction lies in the span of the conditions; nothing is "
+                     "left after projecting them out.")
+  return out / norm
+
+
+def edit_latents(latents, direction, magnitudes):
+  """z' = z + m n for every magnitude m.
+
+  Args:
+    latents: [B, D].
+    direction: [D].
+    magnitudes: [M].
+
+  Returns:
+    [M, B, D].
+  """
+  m = jnp.asarray(magnitudes, jnp.float32)
+  return jnp.asarray(latents)[None] + m[:, None, None] * jnp.asarray(direction)[None, None]
+
+
+def monotonic_fraction(values, *, increasing: bool = True, tol: float = 0.0) -> float:
+  """Fraction of columns of ``values`` [M, B] that are monotonic along M (steps may go the
+  wrong way by at most ``tol``)."""
+  v = np.asarray(values, np.float64)
+  diffs = np.diff(v, axis=0) * (1.0 if increasing else -1.0)
+  return float(np.mean(np.all(diffs >= -tol, axis=0)))
+
+
+# --- Voynov & Babenko ------------------------------------------------------------------
+
+def normalize_directions(matrix, kind: str = "unit"):
+  """Rows of ``matrix`` [K, D] as directions: 'unit' (each row unit length) or 'orthonormal'
+  (Gram-Schmidt via QR, K <= D)."""
+  if kind == "unit":
+    return matrix / jnp.linalg.norm(matrix, axis=-1, keepdims=True)
+  if kind == "orthonormal":
+    q, r = jnp.linalg.qr(matrix.T)
+    return (q * jnp.sign(jnp.diagonal(r))[None]).T
+  raise ValueError(f"directions kind must be 'unit' or 'orthonormal', got {kind!r}.")
+
+
+class VoynovState(struct.PyTreeNode):
+  step: jax.Array      # []
+  params: Any          # {'directions': [K, D], 'reconstructor': Flax params}
+  opt_state: optax.OptState
+  r_apply: Callable = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+  kind: str = struct.field(pytree_node=False, default="unit")
+
+  def directions(self):
+    """[K, D] the normalised directions."""
+    return normalize_directions(self.params["directions"], self.kind)
+
+
+def init_voynov(reconstructor: nn.Module, key, *, latent_dim: int, image_shape,
+                tx: optax.GradientTransformation, kind: str = "unit") -> VoynovState:
+  """Random directions A ~ N(0, I) (normalised when used) and a fresh reconstructor."""
+  k = reconstructor.num_directions
+  if kind == "orthonormal" and k > latent_dim:
+    raise ValueError(f"{k} orthonormal directions do not fit in {latent_dim} dimensions.")
+  normalize_directions(jnp.ones((1, 1)), kind)  # validates kind
+  a_key, r_key = jax.random.split(key)
+  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  params = {"directions": jax.random.normal(a_key, (k, latent_dim)),
+            "reconstructor": jax.jit(reconstructor.init)(r_key, dummy, dummy)["params"]}
+  return VoynovState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     r_apply=reconstructor.apply, tx=tx, kind=kind)
+
+
+def make_voynov_step(sample_fn: Callable, generate_fn: Callable, *, batch_size: int,
+                     shift_scale: float = 6.0, min_shift: float = 0.5,
+                     shift_weight: float = 0.25) -> Callable:
+  """Builds ``step(state, g_variables, key) -> (state, metrics)``.
+
+  Args:
+    sample_fn: ``(g_variables, key, batch_size) -> latents [B, D]`` (e.g. z ~ N(0, I), or
+      mapped w for the W space).
+    generate_fn: ``(g_variables, latents [B, D]) -> images [B, H, W, C]`` (frozen generator).
+    batch_size: latents per step.
+    shift_scale: eps ~ U[-scale, scale] ...
+    min_shift: ... with |eps| >= min_shift (Voynov & Babenko's setting: 6 and 0.5).
+    shift_weight: weight of the shift regression (their lambda = 0.25).
+
+  Returns:
+    The step; metrics: loss, direction_accuracy, shift_error.
+  """
+  if not 0 <= min_shift < shift_scale:
+    raise ValueError(f"need 0 <= min_shift < shift_scale, got {min_shift}, {shift_scale}.")
+
+  def step(state: VoynovState, g_variables, key):
+    key = jax.random.fold_in(key, state.step)
+    z_key, k_key, e_key = jax.random.split(key, 3)
+    z = sample_fn(g_variables, z_key, batch_size)
+    num_dirs = state.params["directions"].shape[0]
+    k = jax.random.randint(k_key, (batch_size,), 0, num_dirs)
+    eps = jax.random.uniform(e_key, (batch_size,), minval=-shift_scale, maxval=shift_scale)
+    eps = jnp.where(eps >= 0, 1.0, -1.0) * jnp.maximum(jnp.abs(eps), min_shift)
+    images_a = jax.lax.stop_gradient(generate_fn(g_variables, z))
+
+    def loss_fn(params):
+      dirs = normalize_directions(params["directions"], state.kind)
+      images_b = generate_fn(g_variables, z + eps[:, None] * dirs[k])
+      logits, eps_pred = state.r_apply({"params": params["reconstructor"]}, images_a,
+                                       images_b)
+      ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, k))
+      shift_err = jnp.mean(jnp.abs(eps_pred - eps))
+      acc = jnp.mean(jnp.argmax(logits, -1) == k)
+      return ce + shift_weight * shift_err, {"direction_accuracy": acc,
+                                             "shift_error": shift_err}
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), dict(
+        metrics, loss=loss)
+
+  return step

@@ -1,0 +1,375 @@
+"""A small style-based generator and its discriminator (StyleGAN2 structure, CPU-sized).
+
+Generator (Karras et al. 2019, "A Style-Based Generator Architecture for GANs"; Karras et
+al. 2020, "Analyzing and Improving the Image Quality of StyleGAN"):
+  * mapping network z -> w: pixel-normalised z through `mapping_layers` equalised-lr dense
+    layers with leaky ReLU (learning-rate multiplier 0.01 as in the papers);
+  * a tracked mean `w_avg` (collection ``"buffers"``), moved towards the batch mean of w at
+    every training call, used by truncation ``w' = w_avg + psi (w - w_avg)``;
+  * synthesis from a learned constant 4x4 input through modulated/demodulated 3x3
+    convolutions (StyleGAN2 eq. 1-3), per-layer noise inputs with learned strengths, and a
+    "skip" RGB output summed over resolutions.
+  The synthesis takes one w per layer: ``ws`` [B, num_ws, w_dim] (``W+``); feeding the same w
+  to every layer is the ordinary ``W`` space.
+
+Discriminator: StyleGAN2's residual discriminator with a minibatch-standard-deviation layer.
+
+Simplifications (documented): upsampling is bilinear (a [1, 3, 3, 1] filter, like
+StyleGAN2's FIR upsampling), downsampling is 2x2 average pooling, there is no conv clamping,
+no style mixing, and modulation scales activations rather than weights (the same arithmetic
+as StyleGAN2's ``fused_modconv=False`` path).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["StyleGANConfig", "StyleGenerator", "StyleDiscriminator", "EqualDense",
+           "EqualConv", "check_truncation_psi"]
+
+_SQRT2 = math.sqrt(2.0)
+NOISE_MODES = ("const", "random", "none")
+
+
+def _lrelu(x):
+  """Leaky ReLU (slope 0.2) with StyleGAN's gain sqrt(2) (keeps unit variance)."""
+  return nn.leaky_relu(x, 0.2) * _SQRT2
+
+
+def check_truncation_psi(psi) -> None:
+  """Raises ValueError for a concrete truncation psi outside [0, 1] (traced values pass)."""
+  if isinstance(psi, jax.core.Tracer):
+    return
+  try:
+    values = np.asarray(psi, dtype=np.float64)
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"truncation_psi must be a number in [0, 1], got {psi!r}.") from e
+  if not np.all((values >= 0) & (values <= 1)):
+    raise ValueError(f"truncation_psi must be in [0, 1] (1 = no truncation, 0 = the mean w), "
+                     f"got {psi!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleGANConfig:
+  """Architecture of `StyleGenerator` / `StyleDiscriminator`.
+
+  Attributes:
+    image_size: output side S (a power of two >= 8).
+    channels: image channels (3 for RGB).
+    z_dim: latent size of z.
+    w_dim: size of the intermediate latent w.
+    mapping_layers: dense layers of the mapping network.
+    channel_base, channel_max: features at resolution r are min(channel_max, channel_base // r).
+    mapping_lr_multiplier: learning-rate multiplier of the mapping network.
+    w_avg_beta: w_avg <- w_avg + (1 - beta) (mean(w) - w_avg) at each training call.
+    mbstd_group_size: group size of the minibatch-stddev layer (largest divisor of B used).
+  """
+  image_size: int = 16
+  channels: int = 3
+  z_dim: int = 64
+  w_dim: int = 64
+  mapping_layers: int = 4
+  channel_base: int = 1024
+  channel_max: int = 128
+  mapping_lr_multiplier: float = 0.01
+  w_avg_beta: float = 0.995
+  mbstd_group_size: int = 4
+
+  def __post_init__(self):
+    s = self.image_size
+    if not isinstance(s, int) or s < 8 or s & (s - 1):
+      raise ValueError(f"StyleGANConfig.image_size must be a power of two >= 8, got {s!r}.")
+    if self.channels not in (1, 3):
+      raise ValueError(f"StyleGANConfig.channels must be 1 or 3, got {self.channels!r}.")
+    for name in ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max"):
+      if int(getattr(self, name)) < 1:
+        raise ValueError(f"StyleGANConfig.{name} must be >= 1, got {getattr(self, name)!r}.")
+
+  @property
+  def resolutions(self) -> tuple[int, ...]:
+    return tuple(2 ** i for i in range(2, int(math.log2(self.image_size)) + 1))
+
+  def features(self, res: int) -> int:
+    return max(1, min(self.channel_max, self.channel_base // res))
+
+  @property
+  def num_ws(self) -> int:
+    """Number of w vectors the synthesis consumes (conv layers + the last toRGB)."""
+    return 2 * len(self.resolutions)
+
+  @property
+  def noise_shapes(self) -> tuple[tuple[int, int], ...]:
+    """(H, W) of each conv layer's noise input, in layer order."""
+    shapes = [(4, 4)]
+    for res in self.resolutions[1:]:
+      shapes += [(res, res), (res, res)]
+    return tuple(shapes)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.image_size, self.image_size, self.channels)
+
+
+class EqualDense(nn.Module):
+  """Dense layer with equalised learning rate (Karras et al. 2018, sec. 4.1): weights are
+  stored ~N(0, 1/lr_mul^2) and scaled by lr_mul / sqrt(fan_in) at run time."""
+  features: int
+  bias_init: float = 0.0
+  lr_multiplier: float = 1.0
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):  # [..., fan_in] -> [..., features]
+    fan_in = x.shape[-1]
+    w = self.param("kernel", lambda k, s: jax.random.normal(k, s) / self.lr_multiplier,
+                   (fan_in, self.features))
+    y = x @ (w * (self.lr_multiplier / math.sqrt(fan_in)))
+    if self.use_bias:
+      b = self.param("bias", lambda k, s: jnp.full(s, self.bias_init / self.lr_multiplier,
+                                                   jnp.float32), (self.features,))
+      y = y + (b * self.lr_multiplier).reshape((1,) * (y.ndim - 1) + (-1,))
+    return y
+
+
+class EqualConv(nn.Module):
+  """Convolution (SAME padding) with equalised learning rate."""
+  features: int
+  kernel_size: int = 3
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):  # [B, H, W, Cin] -> [B, H, W, features]
+    k, cin = self.kernel_size, x.shape[-1]
+    w = self.param("kernel", nn.initializers.normal(1.0), (k, k, cin, self.features))
+    y = jax.lax.conv_general_dilated(x, w / math.sqrt(cin * k * k), (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,))[None, None, None]
+    return y
+
+
+def _upsample2x(x):
+  """Bilinear 2x upsampling (half-pixel centres): the separable [1, 3, 3, 1] / 4 filter."""
+  b, h, w, c = x.shape
+  return jax.image.resize(x, (b, 2 * h, 2 * w, c), method="linear")
+
+
+def _downsample2x(x):
+  return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+def _conv(x, w):
+  return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class ModulatedConv(nn.Module):
+  """Modulated 3x3 conv + noise + bias + leaky ReLU (StyleGAN2 sec. 2.2, eq. 1-3).
+
+  With style s = A(w) [B, Cin] and weight w_ijk, the modulated weight is w'_ijk = s_i w_ijk and
+  demodulation divides output channel j by sqrt(sum_{i,k} w'_ijk^2 + eps). Scaling the input
+  by s before a shared convolution and the output by the demodulation factor computes the
+  same thing per sample.
+  """
+  features: int
+  up: bool = False
+
+  @nn.compact
+  def __call__(self, x, w, noise):
+    """x [B, H, W, Cin], w [B, w_dim], noise [B or 1, H', W', 1] or None -> [B, H', W', F]."""
+    cin = x.shape[-1]
+    styles = EqualDense(cin, bias_init=1.0, name="affine")(w)  # [B, Cin]
+    weight = self.param("kernel", nn.initializers.normal(1.0), (3, 3, cin, self.features))
+    weight = weight / math.sqrt(cin * 9)
+    if self.up:
+      x = _upsample2x(x)
+    x = _conv(x * styles[:, None, None, :], weight)
+    dcoef = jax.lax.rsqrt(jnp.einsum("hwio,bi->bo", jnp.square(weight), jnp.square(styles))
+                          + 1e-8)  # [B, F]
+    x = x * dcoef[:, None, None, :]
+    strength = self.param("noise_strength", nn.initializers.zeros, ())
+    if noise is not None:
+      x = x + noise * strength
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    return _lrelu(x + bias[None, None, None])
+
+
+class ToRGB(nn.Module):
+  """Modulated 1x1 conv to image channels, without demodulation or activation."""
+  channels: int
+
+  @nn.compact
+  def __call__(self, x, w):
+    cin = x.shape[-1]
+    styles = EqualDense(cin, bias_init=1.0, name="affine")(w) / math.sqrt(cin)
+    weight = self.param("kernel", nn.initializers.normal(1.0), (1, 1, cin, self.channels))
+    y = _conv(x * styles[:, None, None, :], weight)
+    return y + self.param("bias", nn.initializers.zeros, (self.channels,))[None, None, None]
+
+
+class MappingNetwork(nn.Module):
+  config: StyleGANConfig
+
+  @nn.compact
+  def __call__(self, z):  # [B, z_dim] -> [B, w_dim]
+    c = self.config
+    x = z * jax.lax.rsqrt(jnp.mean(jnp.square(z), axis=-1, keepdims=True) + 1e-8)
+    for i in range(c.mapping_layers):
+      x = _lrelu(EqualDense(c.w_dim, lr_multiplier=c.mapping_lr_multiplier, name=f"fc{i}")(x))
+    return x
+
+
+class SynthesisNetwork(nn.Module):
+  config: StyleGANConfig
+
+  @nn.compact
+  def __call__(self, ws, noise=None, noise_mode: str = "const"):
+    """ws [B, num_ws, w_dim] -> images [B, S, S, C] (unbounded; ~[-1, 1] after training).
+
+    Args:
+      ws: one w per layer.
+      noise: optional sequence of per-layer noise maps, shapes `config.noise_shapes` as
+        [B or 1, H, W, 1] (or [H, W]); overrides `noise_mode`.
+      noise_mode: 'const' (fixed buffers drawn at init), 'random' (rng 'noise') or 'none'.
+    """
+    c = self.config
+    if noise_mode not in NOISE_MODES:
+      raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}.")
+    if ws.ndim != 3 or ws.shape[1:] != (c.num_ws, c.w_dim):
+      raise ValueError(f"synthesis expects ws [B, {c.num_ws}, {c.w_dim}], got {ws.shape}.")
+    if noise is not None and len(noise) != len(c.noise_shapes):
+      raise ValueError(f"synthesis expects {len(c.noise_shapes)} noise maps of shapes "
+                       f"{c.noise_shapes}, got {len(noise)}.")
+    b = ws.shape[0]
+    layer = 0
+
+    def layer_noise(i):
+      hw = c.noise_shapes[i]
+      if noise is not None:
+        n = jnp.asarray(noise[i])
+        return n.reshape(n.shape[:-2] + hw + (1,)) if n.shape[-2:] == hw else n
+      if noise_mode == "none":
+        return None
+      if noise_mode == "random":
+        return jax.random.normal(self.make_rng("noise"), (b,) + hw + (1,))
+      const = self.variable("buffers", f"noise_const{i}",
+                            lambda: jax.random.normal(self.make_rng("params"), hw + (1,)))
+      return const.value[None]
+
+    f4 = c.features(4)
+    const = self.param("const", nn.initializers.normal(1.0), (4, 4, f4))
+    x = jnp.broadcast_to(const[None], (b, 4, 4, f4))
+    x = ModulatedConv(f4, name="b4_conv1")(x, ws[:, 0], layer_noise(0))
+    img = ToRGB(c.channels, name="b4_torgb")(x, ws[:, 1])
+    layer = 1
+    for res in c.resolutions[1:]:
+      f = c.features(res)
+      x = ModulatedConv(f, up=True, name=f"b{res}_conv0")(x, ws[:, layer], layer_noise(layer))
+      x = ModulatedConv(f, name=f"b{res}_conv1")(x, ws[:, layer + 1], layer_noise(layer + 1))
+      img = _upsample2x(img) + ToRGB(c.channels, name=f"b{res}_torgb")(x, ws[:, layer + 2])
+      layer += 2
+    return img
+
+
+class StyleGenerator(nn.Module):
+  """z -> w -> image. Variables: 'params' and 'buffers' (w_avg, constant noise maps).
+
+  Methods (use with ``model.apply(variables, ..., method=...)``):
+    ``__call__(z, truncation_psi=1., noise_mode='const', train=False)`` -> [B, S, S, C];
+    ``mapping(z, truncation_psi=1., train=False)`` -> w [B, w_dim];
+    ``synthesis(ws, noise=None, noise_mode='const')`` -> [B, S, S, C].
+  With ``train=True`` the mapping updates ``w_avg`` (apply with ``mutable=['buffers']``) and
+  the noise is random (rng 'noise').
+  """
+  config: StyleGANConfig
+
+  def setup(self):
+    c = self.config
+    self.mapping_net = MappingNetwork(c)
+    self.synthesis_net = SynthesisNetwork(c)
+    self.w_avg = self.variable("buffers", "w_avg", jnp.zeros, (c.w_dim,), jnp.float32)
+
+  @property
+  def z_dim(self) -> int:
+    return self.config.z_dim
+
+  def mapping(self, z, truncation_psi=1.0, train: bool = False):
+    c = self.config
+    if z.ndim != 2 or z.shape[-1] != c.z_dim:
+      raise ValueError(f"StyleGenerator expects z [B, {c.z_dim}], got shape {z.shape}.")
+    check_truncation_psi(truncation_psi)
+    w = self.mapping_net(z)  # [B, w_dim]
+    if train and not self.is_initializing():
+      batch_mean = jnp.mean(jax.lax.stop_gradient(w), axis=0)
+      self.w_avg.value = batch_mean + c.w_avg_beta * (self.w_avg.value - batch_mean)
+    if isinstance(truncation_psi, numbers.Number) and truncation_psi == 1:
+      return w
+    w_avg = self.w_avg.value[None]
+    return w_avg + truncation_psi * (w - w_avg)
+
+  def synthesis(self, ws, noise=None, noise_mode: str = "const"):
+    return self.synthesis_net(ws, noise, noise_mode)
+
+  def __call__(self, z, truncation_psi=1.0, noise_mode: str | None = None,
+               train: bool = False):
+    w = self.mapping(z, truncation_psi, train)
+    ws = jnp.broadcast_to(w[:, None], (w.shape[0], self.config.num_ws, w.shape[-1]))
+    mode = noise_mode or ("random" if train else "const")
+    return self.synthesis(ws, None, mode)
+
+
+def _mbstd(x, group_size: int):
+  """Minibatch standard deviation (Karras et al. 2018, sec. 3): appends one channel holding
+  the mean over features of the std over each group of samples."""
+  b, h, w, c = x.shape
+  g = max(d for d in range(1, min(group_size, b) + 1) if b % d == 0)
+  y = x.reshape(g, b // g, h, w, c)
+  y = jnp.sqrt(jnp.var(y, axis=0) + 1e-8)  # [B/g, H, W, C]
+  y = jnp.mean(y, axis=(1, 2, 3))  # [B/g]
+  y = jnp.tile(y, g)[:, None, None, None]  # sample n belongs to group n % (B/g)
+  return jnp.concatenate([x, jnp.broadcast_to(y, (b, h, w, 1))], axis=-1)
+
+
+class StyleDiscriminator(nn.Module):
+  """StyleGAN2 residual discriminator: images [B, S, S, C] -> logits [B]."""
+  config: StyleGANConfig
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    del train  # no train-only behaviour; the argument keeps one interface for all GANs
+    c = self.config
+    if images.ndim != 4 or images.shape[1:] != c.image_shape:
+      raise ValueError(f"StyleDiscriminator expects images [B, {', '.join(map(str, c.image_shape))}]"
+                       f", got shape {images.shape}.")
+    res_list = c.resolutions[::-1]  # S, ..., 4
+    x = _lrelu(EqualConv(c.features(res_list[0]), 1, name="fromrgb")(images))
+    for res in res_list[:-1]:
+      f_out = c.features(res // 2)
+      skip = EqualConv(f_out, 1, use_bias=False, name=f"b{res}_skip")(_downsample2x(x))
+      y = _lrelu(EqualConv(c.features(res), name=f"b{res}_conv0")(x))
+      y = _lrelu(EqualConv(f_out, name=f"b{res}_conv1")(_downsample2x(y)))
+      x = (skip + y) / _SQRT2
+    x = _mbstd(x, c.mbstd_group_size)
+    x = _lrelu(EqualConv(c.features(4), name="b4_conv")(x))
+    x = _lrelu(EqualDense(c.features(4), name="b4_fc")(x.reshape(x.shape[0], -1)))
+    return EqualDense(1, name="b4_out")(x)[:, 0]
+
+
+def stylegan_config_from_dict(d: dict, image_shape: Sequence[int]) -> StyleGANConfig:
+  """A `StyleGANConfig` from a (config-file) dict, image size/channels from the data."""
+  d = dict(d)
+  h, w, ch = image_shape
+  if h != w:
+    raise ValueError(f"StyleGenerator makes square images, the data is {h}x{w}.")
+  for k, v in (("image_size", h), ("channels", ch)):
+    if d.setdefault(k, v) != v:
+      raise ValueError(f"model.{k}={d[k]} does not match the data's images of shape "
+                       f"{tuple(image_shape)}.")
+  return StyleGANConfig(**d)
