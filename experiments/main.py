@@ -3,6 +3,7 @@
   python -m experiments.main train --config experiments/configs/ddpm_digits.py[:smoke] --workdir DIR
   python -m experiments.main sample --workdir DIR [--num N] [--sampler ddpm|ddim] [--steps S] [--seed K]
   python -m experiments.main evaluate --workdir DIR
+  python -m experiments.main sweep --workdir DIR --scales 0,1,3,5 [--guidance cfg|classifier|negative]
 """
 from __future__ import annotations
 
@@ -31,6 +32,14 @@ def parse_args(argv=None):
   e = sub.add_parser("evaluate", help="classifier-FID and friends for a trained workdir")
   e.add_argument("--workdir", required=True)
   e.add_argument("--num", type=int, default=None, help="number of samples (default: config)")
+  w = sub.add_parser("sweep", help="guidance sweep: accuracy and classifier-FID per scale")
+  w.add_argument("--workdir", required=True)
+  w.add_argument("--scales", required=True, help="comma-separated guidance scales, e.g. 0,1,3,5")
+  w.add_argument("--guidance", choices=("cfg", "classifier", "negative"), default="cfg")
+  w.add_argument("--num", type=int, default=None, help="samples per scale (default: config)")
+  w.add_argument("--sampler", choices=("ddpm", "ddim"), default=None)
+  w.add_argument("--steps", type=int, default=None)
+  w.add_argument("--seed", type=int, default=0)
   return p.parse_args(argv)
 
 
@@ -46,6 +55,11 @@ def main(argv=None) -> int:
     config = load_config(args.config, args.set)
     out = get_family(config.family).train(config, args.workdir)
     print(json.dumps({k: v for k, v in out.items() if k != "state"}, default=str))
+    return 0
+  if args.command == "sweep":
+    from experiments.guidance import sweep
+    print(json.dumps(sweep(args.workdir, scales=args.scales, guidance=args.guidance, num=args.num,
+                           sampler=args.sampler, steps=args.steps, seed=args.seed), indent=2))
     return 0
   family = get_family(load_workdir_config(args.workdir).family)
   if args.command == "sample":
