@@ -14,6 +14,7 @@ FAMILIES = {
     "ddpm": "experiments.ddpm",
     "cfg": "experiments.guidance", "classifier_guidance": "experiments.guidance",
     "autoencoder": "experiments.autoencoders",
+    "gan": "experiments.gan",
 }
 
 
