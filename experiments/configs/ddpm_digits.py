@@ -17,7 +17,7 @@ def get_config(variant=None):
       diffusion=DiffusionConfig(schedule="linear", num_timesteps=1000, clip_sample=True),
       train=TrainConfig(num_steps=6000, learning_rate=1e-3, warmup_steps=200, lr_decay="cosine",
                         ema_decay=0.999, log_every=100, checkpoint_every=1000, sample_every=2000),
-      sample=SampleConfig(sampler="ddim", steps=100, num=100, batch_size=500),
+      sample=SampleConfig(sampler="ddpm", steps=100, num=100, batch_size=500),
       eval=EvalConfig(num_samples=1000, classifier_steps=600, bpd_examples=64),
   )
   if variant == "smoke":
