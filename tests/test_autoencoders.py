@@ -1,5 +1,6 @@
 """Autoencoder family: modules, VAE losses against closed forms / Monte Carlo, VQGAN's adaptive
 weight against its formula, LPIPS-VGG16 against a numpy reference, latent tools, bad input."""
+import json
 import math
 import os
 
@@ -280,3 +281,80 @@ def test_latent_tools(key):
   assert V.sample_prior(key, 5, (2, 2, 3)).shape == (5, 2, 2, 3)
   codes = V.sample_codes_uniform(key, 5, (2, 2), 7)
   assert codes.shape == (5, 2, 2) and int(codes.max()) < 7
+
+
+# --- the runner, end to end on smoke configs ---
+
+@pytest.fixture(scope="module")
+def cvae_run(tmp_path_factory):
+  from experiments.main import main
+  workdir = str(tmp_path_factory.mktemp("cvae"))
+  assert main(["train", "--config", "experiments/configs/cvae_digits.py:smoke",
+               "--workdir", workdir]) == 0
+  return workdir
+
+
+def test_runner_cvae_train_sample_evaluate(cvae_run):
+  import json
+  from experiments.autoencoders import evaluate, sample
+  assert sorted(os.listdir(os.path.join(cvae_run, "checkpoints"))) == ["2", "4"]
+  lines = [json.loads(l) for l in open(os.path.join(cvae_run, "metrics.jsonl"))]
+  assert [l["step"] for l in lines] == [2, 4] and all(np.isfinite(l["loss"]) for l in lines)
+  assert lines[0]["kl_weight"] == 0.5 and lines[1]["kl_weight"] == 1.0  # warm-up over 2 steps
+  assert {"recon_step0000004.png", "prior_step0000004.png", "run.json"} <= set(
+      os.listdir(os.path.join(cvae_run, "samples")))
+  path = sample(cvae_run, num=10, seed=3)
+  data = np.load(path[:-4] + ".npz")
+  assert data["images"].shape == (10, 8, 8, 1) and list(data["labels"]) == list(range(10))
+  r = evaluate(cvae_run, num_samples=40)
+  for k in ("test_mse", "test_psnr", "elbo_bpd", "kl_per_latent_dim", "fid_recon_vs_test",
+            "fid_samples_vs_test", "fid_floor_train_vs_test", "conditional_accuracy"):
+    assert np.isfinite(r[k]), k
+  assert 0 <= r["conditional_accuracy"] <= 1 and r["latent_dims"] == 4
+  # Mean per-image PSNR >= the PSNR of the mean squared error (Jensen: -log is convex).
+  assert r["test_psnr"] >= 10 * np.log10(4 / r["test_mse"]) - 1e-4
+
+
+def test_runner_vqgan_smoke_and_composite_checkpoint(tmp_path):
+  from experiments import autoencoders as A
+  from experiments.config import load_config
+  from jaxgen.training import make_manager, restore_latest, save
+  config = load_config("experiments/configs/vqgan_shapes.py:smoke")
+  config.options["perceptual"] = "none"  # the classifier path costs a classifier compile
+  out = A.train(config, str(tmp_path))
+  assert out["step"] == 4 and np.isfinite(out["loss"])
+  assert int(out["state"].d.step) == 4
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [l["disc_factor"] for l in lines] == [0.0, 1.0]  # discriminator starts at step 2
+  assert all(np.isfinite(l["adaptive_weight"]) and l["perplexity"] >= 1 for l in lines)
+  r = A.evaluate(str(tmp_path), num_samples=32)
+  assert r["codebook_size"] == 8 and 1 <= r["codebook_perplexity"] <= 8
+  assert np.isfinite(r["fid_recon_vs_test"]) and r["test_mse"] > 0
+  # The two-state checkpoint restores both states and the codebook.
+  state = out["state"]
+  manager = make_manager(str(tmp_path / "ckpt"), async_save=False)
+  save(manager, state)
+  zeros = jax.tree.map(jnp.zeros_like, state)
+  restored, _, step = restore_latest(manager, zeros, with_data=False)
+  manager.close()
+  assert step == 4
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_runner_rejects_bad_options(tmp_path):
+  from experiments.autoencoders import train
+  from experiments.config import apply_override, load_config
+  for item, match in (("options.num_codes=0", "codebook size"),
+                      ("options.beta=-1.0", "options.beta must be"),
+                      ("options.kind='gan'", "options.kind"),
+                      ("model.latent_channels=0", "latent_channels must be a positive int"),
+                      ("options.perceptual='vgg16:/nonexistent.safetensors'", "not found")):
+    config = load_config("experiments/configs/vqgan_shapes.py:smoke")
+    apply_override(config, item)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+      train(config, str(tmp_path / "bad"))
+  config = load_config("experiments/configs/vqvae_shapes.py:smoke")
+  config.model["block_out_channels"] = (8,) * 6  # downsampling factor 32 does not divide 16
+  with pytest.raises(ValueError, match="multiple of the downsampling factor 32"):
+    train(config, str(tmp_path / "bad2"))

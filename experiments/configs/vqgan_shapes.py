@@ -1,0 +1,37 @@
+# python -m experiments.main train --config experiments/configs/vqgan_shapes.py --workdir runs/vqgan_shapes
+"""VQGAN (Esser et al. 2021) on 16x16 shapes at the VQ-VAE's compression (4x4 codes, 64-entry
+codebook): L1 + perceptual loss (a classifier feature network trained on the shapes
+attributes; or LPIPS-VGG16 with options.perceptual="vgg16:/path/vgg16.safetensors"),
+PatchGAN hinge loss with the adaptive weight, discriminator from options.disc_start.
+About 15 minutes on 2 CPU cores."""
+from experiments.config import Config, DataConfig, EvalConfig, SampleConfig, TrainConfig
+
+
+def get_config(variant=None):
+  config = Config(
+      name="vqgan_shapes", family="autoencoder", seed=0,
+      data=DataConfig(name="shapes", image_size=16, batch_size=64),
+      model=dict(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8,
+                 latent_channels=16),
+      train=TrainConfig(num_steps=3000, learning_rate=1e-3, warmup_steps=100, lr_decay="cosine",
+                        ema_decay=0.999, log_every=100, checkpoint_every=1000),
+      sample=SampleConfig(num=64),
+      eval=EvalConfig(num_samples=1000, classifier_steps=600),
+      options=dict(kind="vqgan", num_codes=64, vq_beta=0.25, codebook_update="ema",
+                   codebook_decay=0.99, dead_threshold=1.0,
+                   disc=dict(base_channels=32, num_layers=2, norm="group"), disc_start=1000,
+                   disc_weight=0.8, disc_learning_rate=4e-4, perceptual="classifier",
+                   perceptual_weight=1.0, perceptual_classifier_steps=400),
+  )
+  if variant == "smoke":
+    config.data.batch_size = 16
+    config.model.update(block_out_channels=(8, 8), norm_num_groups=4, latent_channels=4)
+    config.options.update(num_codes=8, disc=dict(base_channels=4, num_layers=2), disc_start=2,
+                          perceptual_classifier_steps=2)
+    config.train.num_steps, config.train.warmup_steps = 4, 1
+    config.train.log_every, config.train.checkpoint_every = 2, 2
+    config.sample.num = 16
+    config.eval.num_samples, config.eval.classifier_steps = 32, 5
+  elif variant is not None:
+    raise ValueError(f"unknown variant {variant!r} of vqgan_shapes; expected 'smoke' or none")
+  return config
