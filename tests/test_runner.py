@@ -169,3 +169,22 @@ def test_cifar10_config_is_the_paper_model():
   assert abs(count_params(param_shapes(model)) - 35.7e6) / 35.7e6 < 0.005
   assert (config.train.learning_rate, config.data.batch_size, config.train.ema_decay,
           model.config.dropout) == (2e-4, 128, 0.9999, 0.1)
+
+
+def test_sample_from_a_diffusers_checkpoint_folder(tmp_path):
+  """The README's recipe: a diffusers UNet2DModel folder (+ scheduler config) -> PNG grid."""
+  from experiments.sample_diffusers import sample_checkpoint
+  folder = tmp_path / "ckpt"
+  shutil.copytree("tests/reference/unet_attn", folder / "unet")
+  (folder / "scheduler").mkdir()
+  (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+      {"_class_name": "DDPMScheduler", "num_train_timesteps": 100, "beta_schedule": "linear",
+       "clip_sample": True, "variance_type": "fixed_small", "prediction_type": "epsilon"}))
+  out = sample_checkpoint(str(folder), str(tmp_path / "grid.png"), sampler="ddpm", steps=5,
+                          num=3, batch=2)
+  imgs = np.load(str(tmp_path / "grid.npz"))["images"]
+  assert os.path.isfile(out) and imgs.shape == (3, 16, 16, 3)
+  assert imgs.min() >= -1 and imgs.max() <= 1 and imgs.std() > 0
+  with pytest.raises(ValueError, match="beta_schedule"):
+    (folder / "scheduler" / "scheduler_config.json").write_text('{"beta_schedule": "exp"}')
+    sample_checkpoint(str(folder), str(tmp_path / "g2.png"), steps=2, num=1, batch=1)
