@@ -1,8 +1,7 @@
 """Throughput of the DDPM spine: U-Net forward, DDIM sampling (20 and 50 steps), train steps.
 
 Prints one JSON object per config (first call = compile + one run, apart from steady-state
-time; peak host memory
-of the process as ru_maxrss):
+time; peak host memory of the process as ru_maxrss):
 
   python benchmarks/ddpm.py                      # demo (ddpm_digits) and ddpm_cifar10
   python benchmarks/ddpm.py --configs ddpm_digits --repeats 5
