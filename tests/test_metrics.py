@@ -196,13 +196,14 @@ def test_save_image_grid(tmp_path):
   gray = np.linspace(-1, 1, 4 * 8 * 8).reshape(4, 8, 8, 1).astype(np.float32)
   path = save_image_grid(tmp_path / "sub" / "digits.png", gray, nrow=2)
   with Image.open(path) as im:
-    assert im.mode == "L" and im.size == (2 * 65 + 1, 2 * 65 + 1)  # 8x8 upscaled x8
+    assert im.mode == "L" and im.size == (2 * 68 + 4, 2 * 68 + 4)  # 8x8 upscaled x8, 4 px gaps
     pixels = np.asarray(im)
   expected = np.repeat(np.repeat(to_uint8(gray), 8, axis=1), 8, axis=2)
-  np.testing.assert_array_equal(pixels[1:65, 66:130], expected[1, ..., 0])
+  np.testing.assert_array_equal(pixels[4:68, 72:136], expected[1, ..., 0])
+  assert pixels[0, 0] == 128 and pixels[68:72, :].max() == 128  # the gray gaps
   rgb = np.zeros((3, 32, 32, 3), np.float32)
   with Image.open(save_image_grid(tmp_path / "rgb.png", rgb, nrow=3)) as im:
-    assert im.mode == "RGB" and im.size == (3 * 65 + 1, 65 + 1)  # 32x32 upscaled x2
+    assert im.mode == "RGB" and im.size == (3 * 68 + 4, 68 + 4)  # 32x32 upscaled x2
 
 
 # ----------------------------------------------------------------------------- classifier

@@ -133,7 +133,7 @@ def make_grid(images, nrow: int, *, padding: int = 1, pad_value: int = 255) -> n
   return grid
 
 
-def save_image_grid(path, images, nrow: int, *, padding: int = 1, pad_value: int = 255,
+def save_image_grid(path, images, nrow: int, *, padding: int = 4, pad_value: int = 128,
                     min_tile_size: int = 64) -> str:
   """Writes a batch as one PNG grid; tiny images are upscaled (nearest neighbour).
 
@@ -145,7 +145,8 @@ def save_image_grid(path, images, nrow: int, *, padding: int = 1, pad_value: int
     path: output file name (parent directories are created).
     images: [N, H, W, C] float in [-1, 1] or uint8, C in {1, 3, 4}.
     nrow: number of images per row.
-    padding: pixels between tiles (after upscaling).
+    padding: pixels between tiles (after upscaling); 4 px of mid-gray by default, so tiles
+      whose content touches their edges (8x8 digits) stay apart.
     pad_value: uint8 value of the padding.
     min_tile_size: minimum tile side in pixels after upscaling.
 
