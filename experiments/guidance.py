@@ -316,6 +316,10 @@ class _Run:
     self.num_classes = source.num_classes
     self.null = common.null_label(model)
     self.cparams, classifier = None, None
+    if guidance == "classifier" and self.null is not None and config.train.cond_drop_prob <= 0:
+      raise ValueError(f"{workdir} holds a class-conditional model without a learned null class "
+                       "(train.cond_drop_prob=0): classifier guidance needs an unconditional model "
+                       "or one trained with condition dropout")
     if guidance == "classifier":
       if self.kind != "label":
         raise ValueError("classifier guidance needs options.condition='label'")

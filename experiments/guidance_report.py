@@ -71,12 +71,13 @@ def _fmt(v: float) -> str:
   return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
 
 
-def _panel(draw, box, xs, ys, *, title, xlabel, ylabel, point_labels=None, color=_COLORS[0]):
+def _panel(draw, box, xs, ys, *, title, xlabel, point_labels=None, color=_COLORS[0]):
   """One line plot with axes, ticks and labels inside box = (left, top, right, bottom)."""
   l, t, r, b = box
   pl, pt, pr, pb = l + 50, t + 22, r - 12, b - 34  # plot area
-  x0, x1, xt = _ticks(min(xs), max(xs))
-  y0, y1, yt = _ticks(min(ys), max(ys))
+  pad = lambda v: 0.04 * (max(v) - min(v))  # keep points off the frame
+  x0, x1, xt = _ticks(min(xs) - pad(xs), max(xs) + pad(xs))
+  y0, y1, yt = _ticks(min(ys) - pad(ys), max(ys) + pad(ys))
   px = lambda v: pl + (v - x0) / (x1 - x0) * (pr - pl)
   py = lambda v: pb - (v - y0) / (y1 - y0) * (pb - pt)
   font, black, grey = _font(), (0, 0, 0), (225, 225, 225)
@@ -91,25 +92,26 @@ def _panel(draw, box, xs, ys, *, title, xlabel, ylabel, point_labels=None, color
     draw.text((l + 2, py(v) - 5), _fmt(v), fill=black, font=font)
   draw.rectangle([pl, pt, pr, pb], outline=black)
   draw.text(((pl + pr) // 2 - 3 * len(xlabel), pb + 20), xlabel, fill=black, font=font)
-  draw.text((pl + 4, pt + 2), ylabel, fill=(90, 90, 90), font=font)
   pts = [(px(x), py(y)) for x, y in zip(xs, ys)]
   if len(pts) > 1:
     draw.line(pts, fill=color, width=2)
   for i, (x, y) in enumerate(pts):
     draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
     if point_labels:
-      draw.text((x + 4, y - 12), point_labels[i], fill=color, font=font)
+      left = x > pr - 40  # near the right edge: label on the left of the point
+      draw.text((x - 6 * len(point_labels[i]) - 4 if left else x + 4, y - 12), point_labels[i],
+                fill=color, font=font)
 
 
 def save_plot(path: str, rows, *, title: str, metrics=_METRICS, size=(330, 250)) -> str:
   """Each metric against the guidance scale; with both accuracy and FID also the trade-off
   curve (FID against accuracy, points labelled by scale), as in the CFG paper's Fig. 4."""
   xs = [r["scale"] for r in rows]
-  panels = [dict(xs=xs, ys=[r[k] for r in rows], title=name, xlabel="guidance scale",
-                 ylabel=k) for k, name in metrics]
+  panels = [dict(xs=xs, ys=[r[k] for r in rows], title=name, xlabel="guidance scale")
+            for k, name in metrics]
   if {"accuracy", "fid"} <= set(rows[0]):
     panels.append(dict(xs=[r["accuracy"] for r in rows], ys=[r["fid"] for r in rows],
-                       title="trade-off: FID vs accuracy", xlabel="accuracy", ylabel="fid",
+                       title="trade-off: classifier-FID vs accuracy", xlabel="accuracy",
                        point_labels=[f"g={s:g}" for s in xs]))
   w, h = size
   canvas = Image.new("RGB", (w * len(panels), h + 24), (255, 255, 255))

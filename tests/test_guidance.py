@@ -321,6 +321,8 @@ def test_runner_errors(cfg_workdir, tmp_path):
   with pytest.raises(ValueError, match="unknown guidance"):
     G.sweep(cfg_workdir, scales="1", guidance="magic")
   run = G._Run(cfg_workdir, "cfg")
+  # cond_drop_prob > 0 gives the U-Net one more class embedding: the null class, label 10.
+  assert run.model.config.num_class_embeds == 11 and run.null == 10
   with pytest.raises(ValueError, match=r"must lie in \[0, 10\)"):
     run.draw([1.0], np.array([3, 10]), np.array([0, 0]), 0)
   # A model trained without condition dropout: a clear error before any sampling.
@@ -334,3 +336,26 @@ def test_runner_errors(cfg_workdir, tmp_path):
   save_config(workdir, config)
   with pytest.raises(ValueError, match="trained with condition dropout"):
     G._Run(workdir, "cfg")
+
+
+def test_shapes_words_condition_and_hits():
+  from experiments import guidance as G
+  src = G.shapes_words_source("test", 16)
+  batch = src[np.arange(200)]
+  word = batch["label"]
+  np.testing.assert_array_equal(word[word < 3], batch["shape"][word < 3])
+  np.testing.assert_array_equal(word[word >= 3] - 3, batch["color"][word >= 3])
+  assert src.num_classes == 7 and 0.35 < np.mean(word < 3) < 0.65
+  probs = {"shape": np.eye(3)[[0, 1, 2, 0]], "color": np.eye(4)[[3, 0, 1, 2]]}
+  # words: circle (hit), square (hit), yellow (colour 3 vs predicted 2: miss), red (miss)
+  np.testing.assert_array_equal(G.hits("shapes_words", probs, np.array([0, 1, 6, 3])),
+                                [True, True, False, False])
+
+
+def test_runner_negative_sweep(cfg_workdir):
+  from experiments.guidance import sweep
+  res = sweep(cfg_workdir, scales=[0.0, 2.0], guidance="negative")
+  assert [r["neg_scale"] for r in res["lecture"]] == [0.0, 2.0]
+  assert all(0 <= r["negative_rate"] <= 1 for r in res["lecture"])
+  assert 0 <= res["replace"]["negative_rate"] <= 1
+  assert os.path.isfile(os.path.join(cfg_workdir, "sweep", "negative_grid.png"))

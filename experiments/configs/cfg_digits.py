@@ -20,11 +20,13 @@ def get_config(variant=None):
                  up_block_types=("AttnUpBlock2D", "UpBlock2D"),
                  attention_head_dim=None, norm_num_groups=8, norm_eps=1e-6, dropout=0.0,
                  freq_shift=1, flip_sin_to_cos=False, downsample_padding=0),
-      diffusion=DiffusionConfig(schedule="linear", num_timesteps=1000, clip_sample=True),
+      # No clip_sample: DDIM clips x0 but keeps the unclipped guided eps, which at g >= 3
+      # leaves saturated noise (measured in docs/guidance.md).
+      diffusion=DiffusionConfig(schedule="linear", num_timesteps=1000, clip_sample=False),
       train=TrainConfig(num_steps=6000, learning_rate=1e-3, warmup_steps=200, lr_decay="cosine",
                         ema_decay=0.999, cond_drop_prob=0.1, log_every=100,
                         checkpoint_every=1000, sample_every=0),
-      sample=SampleConfig(sampler="ddim", steps=100, num=100, batch_size=500),
+      sample=SampleConfig(sampler="ddim", steps=50, num=100, batch_size=500),
       eval=EvalConfig(num_samples=1000, classifier_steps=600, bpd_examples=0),
       options=dict(scales=(0.0, 1.0, 3.0, 5.0), sample_scale=3.0,
                    classifier=dict(block_out_channels=(32, 64), layers_per_block=1,

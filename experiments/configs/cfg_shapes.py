@@ -22,7 +22,9 @@ def get_config(variant=None):
                  up_block_types=("AttnUpBlock2D", "UpBlock2D"),
                  attention_head_dim=None, norm_num_groups=8, norm_eps=1e-6, dropout=0.0,
                  freq_shift=1, flip_sin_to_cos=False, downsample_padding=0),
-      diffusion=DiffusionConfig(schedule="cosine", num_timesteps=1000, clip_sample=True),
+      # No clip_sample: DDIM clips x0 but keeps the unclipped guided eps, which at g >= 3
+      # leaves saturated noise (measured in docs/guidance.md).
+      diffusion=DiffusionConfig(schedule="cosine", num_timesteps=1000, clip_sample=False),
       train=TrainConfig(num_steps=4000, learning_rate=1e-3, warmup_steps=200, lr_decay="cosine",
                         ema_decay=0.999, cond_drop_prob=0.1, log_every=100,
                         checkpoint_every=1000, sample_every=0),
