@@ -172,8 +172,9 @@ def test_ddim_eta0_deterministic_and_inversion(sched, key):
     tab = D.timesteps(T, n, "leading")
     x0 = D.sample(fn, sched, key, shape, tab, x_T=x_T)
     errs.append(float(jnp.max(jnp.abs(D.ddim_invert(fn, sched, x0, tab) - x_T))))
-  assert errs[2] < errs[1] < errs[0], errs
-  assert errs[2] < 0.02, errs
+  # First-order convergence: error ~ 1/steps (5x and 2x more steps).
+  assert errs[1] < 0.3 * errs[0] and errs[2] < 0.6 * errs[1], errs
+  assert errs[2] < 0.02 * float(jnp.max(jnp.abs(x_T))), errs
   # With a model that ignores x, the inversion is exact step by step.
   const = lambda x, t: jnp.full_like(x, 0.3)
   x0 = D.sample(const, sched, key, shape, table, x_T=x_T)
