@@ -7,7 +7,8 @@ Options (``config.options``; defaults in :data:`DEFAULTS`):
   betas: a list of beta values: one run per beta in WORKDIR/beta_<b>/ (a beta sweep);
   num_codes / vq_beta / codebook_update / codebook_decay / dead_threshold / rec_loss: VQ;
   disc (PatchDiscriminatorConfig fields) / disc_start / disc_weight / disc_learning_rate /
-  perceptual ("classifier" | "vgg16:PATH" | "none") / perceptual_weight: VQGAN.
+  perceptual ("classifier" | "vgg16:PATH" | "none") / perceptual_weight: VQGAN;
+  adam_b1 / adam_b2: Adam betas of every optimizer (GANs: 0.5 / 0.9 as in VQGAN).
 ``config.model`` holds `jaxgen.nn.AutoencoderConfig` fields (image size and channels come
 from the data). Sampling and evaluation live in ``experiments.autoencoders_eval``.
 """
@@ -39,7 +40,8 @@ DEFAULTS = dict(kind="vae", conditional=False, likelihood="gaussian", log_scale=
                 kl_warmup_steps=0, betas=None, num_codes=64, vq_beta=0.25,
                 codebook_update="ema", codebook_decay=0.99, dead_threshold=1.0, rec_loss="mse",
                 disc=None, disc_start=0, disc_weight=0.8, disc_learning_rate=None,
-                perceptual="classifier", perceptual_weight=1.0, perceptual_classifier_steps=400)
+                perceptual="classifier", perceptual_weight=1.0, perceptual_classifier_steps=400,
+                adam_b1=0.9, adam_b2=0.999)
 PERCEPTUAL_DIR = "perceptual_classifier"
 
 
@@ -93,10 +95,11 @@ def build_discriminator(config: Config) -> PatchDiscriminator:
 
 
 def _tx(config: Config, lr: float | None = None):
-  tc = config.train
+  tc, o = config.train, options(config)
   return make_optimizer(lr or tc.learning_rate, warmup_steps=tc.warmup_steps,
                         total_steps=tc.num_steps, decay=tc.lr_decay,
-                        weight_decay=tc.weight_decay, grad_clip=tc.grad_clip)
+                        weight_decay=tc.weight_decay, grad_clip=tc.grad_clip,
+                        b1=o["adam_b1"], b2=o["adam_b2"])
 
 
 def init_state(config: Config, model: Autoencoder, key: jax.Array, image_shape):
@@ -228,6 +231,7 @@ def _train_one(config: Config, workdir: str) -> dict:
   metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
   start = int(jax.device_get(state.step))
   last_loss, terminated, it = float("nan"), False, iter(loader)
+  restarts = 0  # since this (re)start
   try:
     with _Terminate() as term, tqdm(total=tc.num_steps, initial=start, desc=f"train {o['kind']}",
                                     dynamic_ncols=True, mininterval=1.0) as bar:
@@ -236,6 +240,9 @@ def _train_one(config: Config, workdir: str) -> dict:
         batch = next(it)
         jdata.check_batch(batch, source.image_shape)
         state, metrics = run_step(state, parallel.shard_batch({k: batch[k] for k in keys}, mesh))
+        if "restarted" in metrics:  # dead-code restarts of every step, not only logged ones
+          restarts = restarts + metrics["restarted"]
+          metrics = dict(metrics, restarted_total=restarts)
         done = step + 1
         bar.update(1)
         if done % tc.log_every == 0 or done == tc.num_steps:

@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -198,9 +199,14 @@ def evaluate(workdir: str, *, num_samples: int | None = None, seed: int = 1) -> 
   config = common.load_workdir_config(workdir)
   o = A.options(config)
   if o["betas"]:
-    rows = []
+    rows, shared = [], os.path.join(workdir, FID_CLASSIFIER_DIR)
     for b in o["betas"]:
-      r = evaluate(A.sweep_dir(workdir, b), num_samples=num_samples, seed=seed)
+      sub = A.sweep_dir(workdir, b)
+      if os.path.isdir(shared) and not os.path.isdir(os.path.join(sub, FID_CLASSIFIER_DIR)):
+        shutil.copytree(shared, os.path.join(sub, FID_CLASSIFIER_DIR))  # one classifier per sweep
+      r = evaluate(sub, num_samples=num_samples, seed=seed)
+      if not os.path.isdir(shared):
+        shutil.copytree(os.path.join(sub, FID_CLASSIFIER_DIR), shared)
       rows.append({"beta": float(b), **{k: r[k] for k in (
           "test_mse", "test_psnr", "kl_per_latent_dim", "test_kl", "elbo_bpd",
           "fid_recon_vs_test", "fid_samples_vs_test", "active_units")}})
