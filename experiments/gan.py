@@ -122,7 +122,7 @@ def make_generate_fn(generator):
     x = generator.apply(variables, z, psi) if style else generator.apply(variables, z)
     return jnp.clip(x, -1.0, 1.0)
 
-  def generate(variables, z, truncation_psi=1.0, batch_size: int = 500):
+  def generate(variables, z, truncation_psi=1.0, batch_size: int = 256):
     if style:
       gan.truncate(jnp.zeros(1), jnp.zeros(1), truncation_psi)  # validates psi early
     elif truncation_psi != 1.0:
@@ -132,8 +132,8 @@ def make_generate_fn(generator):
     outs = []
     for s in range(0, z.shape[0], batch_size):
       chunk = z[s:s + batch_size]
-      pad = batch_size - chunk.shape[0] if z.shape[0] > batch_size else 0
-      if pad:  # one compiled shape for every chunk
+      pad = batch_size - chunk.shape[0]
+      if pad:  # one compiled shape for every call and chunk
         chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
       out = np.asarray(run(variables, jnp.asarray(chunk), jnp.float32(truncation_psi)))
       outs.append(out[:out.shape[0] - pad])
@@ -231,7 +231,8 @@ def train(config: Config, workdir: str) -> dict:
     np.savez_compressed(path[:-4] + ".npz", images=imgs, seeds=np.arange(n))
 
   def checkpoint():
-    save(manager, state, loader.get_state())
+    # A host copy: saving replicated device arrays costs one small compile per leaf shape.
+    save(manager, jax.device_get(state), loader.get_state())
 
   from tensorboardX import SummaryWriter
   writer = SummaryWriter(os.path.join(workdir, "tensorboard"))

@@ -51,17 +51,13 @@ def test_r1_matches_finite_differences(key):
     return jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2 + 0.1 * jnp.sum(x ** 3, (1, 2, 3))
 
   x = jax.random.normal(k3, (2, 4, 4, 2))
-  r1 = np.asarray(gan.r1_penalty(logit_fn, x))
-  xs = np.asarray(x, np.float64)
+  r1 = np.asarray(jax.jit(lambda x: gan.r1_penalty(logit_fn, x))(x))
+  # Central differences along every pixel, all perturbations in one batched call.
   eps = 1e-2
-  fd = np.zeros(2)
-  for i in range(xs[0].size):
-    e = np.zeros(xs[0].size)
-    e[i] = eps
-    e = e.reshape(xs.shape[1:])
-    d = (np.asarray(logit_fn(jnp.asarray(xs + e, jnp.float32)), np.float64)
-         - np.asarray(logit_fn(jnp.asarray(xs - e, jnp.float32)), np.float64)) / (2 * eps)
-    fd += d ** 2
+  basis = np.eye(32).reshape(32, 4, 4, 2) * eps
+  shifted = np.concatenate([np.asarray(x)[None] + basis[:, None], np.asarray(x)[None] - basis[:, None]])
+  out = np.asarray(jax.jit(jax.vmap(logit_fn))(jnp.asarray(shifted)), np.float64)  # [64, 2]
+  fd = np.sum(((out[:32] - out[32:]) / (2 * eps)) ** 2, axis=0)
   np.testing.assert_allclose(r1, fd, rtol=2e-3)
 
 
@@ -107,15 +103,16 @@ def test_d_step_loss_is_the_formula_on_its_batch(dcgan_state):
   d_step = gan.make_d_step(loss="nonsaturating")
   batch = {"image": jnp.zeros((4, 8, 8, 1))}
   _, m = jax.jit(d_step)(state, batch, jax.random.key(5))
-  np.testing.assert_allclose(float(m["d_loss"]) >= 0, True)
-  # Recompute from the reported mean logits is not exact; recompute directly:
-  z = jax.random.normal(jax.random.split(jax.random.key(5))[0], (4, state.z_dim))
-  fake, _ = gan.apply_model(state.g_apply, state.g_params, state.g_state, z, train=True)
-  r, ds = gan.apply_model(state.d_apply, state.d_params, state.d_state, batch["image"],
-                          train=True)
-  f, _ = gan.apply_model(state.d_apply, state.d_params, ds, fake, train=True)
-  np.testing.assert_allclose(float(m["d_loss"]),
-                             float(jnp.mean(jax.nn.softplus(-r) + jax.nn.softplus(f))),
+
+  @jax.jit
+  def reference(state, image):
+    z = jax.random.normal(jax.random.split(jax.random.key(5))[0], (4, state.z_dim))
+    fake, _ = gan.apply_model(state.g_apply, state.g_params, state.g_state, z, train=True)
+    r, ds = gan.apply_model(state.d_apply, state.d_params, state.d_state, image, train=True)
+    f, _ = gan.apply_model(state.d_apply, state.d_params, ds, fake, train=True)
+    return jnp.mean(jax.nn.softplus(-r) + jax.nn.softplus(f))
+
+  np.testing.assert_allclose(float(m["d_loss"]), float(reference(state, batch["image"])),
                              rtol=1e-5)
 
 
@@ -170,9 +167,9 @@ def test_truncation(style):
 def test_w_avg_tracks_the_batch_mean(style):
   g, variables, _ = style
   z = jax.random.normal(jax.random.key(4), (16, SG.z_dim))
-  _, upd = g.apply(variables, z, train=True, rngs={"noise": jax.random.key(0)},
-                   mutable=["buffers"])
-  w = g.apply(variables, z, method="mapping")
+  _, upd = jax.jit(lambda v: g.apply(v, z, train=True, rngs={"noise": jax.random.key(0)},
+                                     mutable=["buffers"]))(variables)
+  w = jax.jit(lambda v: g.apply(v, z, method="mapping"))(variables)
   old = variables["buffers"]["w_avg"]
   np.testing.assert_allclose(upd["buffers"]["w_avg"],
                              jnp.mean(w, 0) + SG.w_avg_beta * (old - jnp.mean(w, 0)), atol=1e-6)
@@ -212,10 +209,10 @@ def test_style_discriminator_and_wplus(style, key):
   np.testing.assert_allclose(jax.jit(via_wplus)(variables, z), apply(variables, z, 1.0),
                              atol=1e-5)
   d = StyleDiscriminator(SG)
-  dv = jax.jit(d.init)(jax.random.key(0), jnp.zeros((4,) + SG.image_shape))
-  assert jax.jit(d.apply)(dv, apply(variables, z, 1.0)).shape == (4,)
+  dv = jax.eval_shape(d.init, jax.random.key(0), jnp.zeros((4,) + SG.image_shape))
+  assert jax.eval_shape(d.apply, dv, jnp.zeros((4,) + SG.image_shape)).shape == (4,)
   with pytest.raises(ValueError, match=r"expects images \[B, 8, 8, 3\]"):
-    d.apply(dv, jnp.zeros((4, 16, 16, 3)))
+    jax.eval_shape(d.apply, dv, jnp.zeros((4, 16, 16, 3)))
   with pytest.raises(ValueError, match="z \\[B, 8\\]"):
     g.apply(variables, jnp.zeros((2, 5)))
 
@@ -277,7 +274,9 @@ def test_projector_inverts_a_generated_image_vmapped(style):
   g, variables, apply = style
   targets = apply(variables, gan.latents_from_seeds([11, 12], SG.z_dim), 1.0)
   _, w_std = gan.w_statistics(g, variables, jax.random.key(0), 1000)
-  project = gan.make_projector(g, num_steps=100, noise_weight=0.0, optimize_noise=False)
+  pool = lambda x: x.reshape(x.shape[0], 4, 2, 4, 2, 3).mean(axis=(2, 4)).reshape(x.shape[0], -1)
+  project = gan.make_projector(g, num_steps=100, noise_weight=0.0, optimize_noise=False,
+                               feature_fn=pool, perceptual_weight=0.1)
   run = jax.jit(jax.vmap(project, in_axes=(None, 0, 0, None)))
   res = run(variables, targets, jax.random.split(jax.random.key(1), 2), w_std)
   assert res.trajectory.shape == (2, 100, SG.w_dim) and res.ws.shape == (2, SG.num_ws, SG.w_dim)
@@ -285,7 +284,7 @@ def test_projector_inverts_a_generated_image_vmapped(style):
   start = np.asarray(apply(variables, jnp.zeros((1, SG.z_dim)), 0.0))[0]  # the mean-w image
   err0 = np.mean((start[None] - np.asarray(targets)) ** 2, axis=(1, 2, 3))
   err = np.mean((np.asarray(res.image) - np.asarray(targets)) ** 2, axis=(1, 2, 3))
-  assert np.all(err < 1e-3 * err0), (err, err0)
+  assert np.all(err < 2e-3 * err0), (err, err0)
   with pytest.raises(ValueError, match="resize or crop the target"):
     project(variables, jnp.zeros((16, 16, 3)), jax.random.key(0), w_std)
 
@@ -351,3 +350,83 @@ def test_voynov_step():
   d = state.directions()
   np.testing.assert_allclose(d @ d.T, np.eye(k), atol=1e-5)
   assert np.mean(accs[-20:]) > 0.8 and np.mean(accs[:5]) < 0.4, (accs[:5], accs[-20:])
+
+
+# --- runner and tools (stylegan_shapes:smoke) -----------------------------------------
+
+@pytest.fixture(scope="module")
+def style_run(tmp_path_factory):
+  """The smoke config through the command line. The attribute classifier cache is seeded with
+  an untrained classifier (training one is tested in test_metrics) to keep the test short."""
+  import os
+  from experiments.gan import CLASSIFIER_DIR
+  from experiments.main import main
+  from jaxgen import metrics as M
+  workdir = str(tmp_path_factory.mktemp("stylegan_smoke"))
+  cfg = M.ClassifierConfig(heads=tuple((k, len(v)) for k, v in SHAPES_ATTRIBUTES.items()),
+                           image_shape=(16, 16, 3), features=(8, 8), embed_dim=8)
+  params = jax.jit(cfg.module().init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  M.save_classifier(os.path.join(workdir, CLASSIFIER_DIR), M.ClassifierBundle(cfg, params))
+  assert main(["train", "--config", "experiments/configs/stylegan_shapes.py:smoke",
+               "--workdir", workdir]) == 0
+  return workdir
+
+
+def test_runner_trains_samples_by_seed_and_evaluates(style_run):
+  import json
+  import os
+  from experiments import gan as G
+  assert os.listdir(os.path.join(style_run, "checkpoints")) == ["4"]
+  lines = [json.loads(l) for l in open(os.path.join(style_run, "metrics.jsonl"))]
+  assert [l["step"] for l in lines if "fid" in l] == [2, 4]
+  assert all(np.isfinite(l["d_loss"]) for l in lines if "d_loss" in l)
+  a = np.load(G.sample(style_run, num=3, seed=5)[:-4] + ".npz")
+  b = np.load(G.sample(style_run, num=1, seed=6)[:-4] + ".npz")
+  assert a["images"].shape == (3, 16, 16, 3) and list(a["seeds"]) == [5, 6, 7]
+  np.testing.assert_allclose(a["images"][1], b["images"][0], atol=1e-6)
+  with pytest.raises(ValueError, match=r"truncation_psi must be in \[0, 1\]"):
+    G.sample(style_run, num=2, truncation_psi=1.5)
+  result = G.evaluate(style_run, num_samples=16)
+  for k in ("fid_samples_vs_test", "fid_floor_train_vs_test", "fid_untrained_vs_test"):
+    assert np.isfinite(result[k]), k
+  assert set(result["classifier_test_accuracy"]) == {"shape", "color", "size", "position"}
+
+
+def test_tools_interpolate_invert_edit_and_errors(style_run):
+  import json
+  from experiments import gan_tools as GT
+  t = GT.Trained.load(style_run)
+  path = GT.interpolate(t, [0, 1, 2], num=4, space="w")
+  assert json.load(open(path[:-4] + ".json"))["space"] == "w"
+  path = GT.invert(t, test_images=[0, 1], num_steps=3, perceptual_weight=0.0)
+  rec = json.load(open(path[:-4] + ".json"))
+  assert rec["num"] == 2 and len(rec["psnr"]) == 2 and np.all(np.isfinite(rec["psnr"]))
+  with pytest.raises(ValueError, match="resize them to 16x16"):
+    GT.invert_images(t, np.zeros((1, 32, 32, 3)), jax.random.key(0), num_steps=2)
+  path = GT.edit(t, "size", "large", conditions=("color",), num_latents=64, num_eval=4,
+                 seeds=[0, 1], num_m=3)
+  rec = json.load(open(path[:-4] + ".json"))
+  assert 0 <= rec["conditioned"]["changes_and_color_stays_fraction"] <= 1
+  with pytest.raises(ValueError, match="unknown attribute 'brightness'"):
+    GT.edit(t, "brightness", "high")
+  with pytest.raises(ValueError, match="no value 'huge'"):
+    GT.edit(t, "size", "huge")
+  with pytest.raises(ValueError, match="unknown attribute value 'purple'"):
+    GT.parse_expression("large purple circle", t.attributes)
+
+
+def test_configs_build():
+  from experiments import gan as G
+  from experiments.config import load_config
+  for name, shape in (("dcgan_digits", (8, 8, 1)), ("stylegan_shapes", (16, 16, 3))):
+    config = load_config(f"experiments/configs/{name}.py")
+    assert config.family == "gan"
+    g, d = G.build_models(config, shape)
+    z = jnp.zeros((2, gan.generator_z_dim(g)))
+    variables = jax.eval_shape(lambda k: g.init({"params": k}, z), jax.random.key(0))
+    assert jax.eval_shape(lambda v: g.apply(v, z), variables).shape == (2,) + shape
+    with pytest.raises(ValueError, match="unknown variant"):
+      load_config(f"experiments/configs/{name}.py:tiny")
+  config = load_config("experiments/configs/dcgan_digits.py:smoke", ["options.loss='wgan'"])
+  with pytest.raises(ValueError, match="unknown GAN loss 'wgan'"):
+    G.train(config, "/tmp/never-created-gan-workdir")

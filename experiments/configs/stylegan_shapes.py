@@ -1,6 +1,6 @@
 # python -m experiments.main train --config experiments/configs/stylegan_shapes.py --workdir runs/stylegan_shapes
 """A small style-based generator (StyleGAN2 structure) on 16x16 `shapes`: non-saturating loss
-with R1, Adam(2e-3, 0, 0.99) as StyleGAN2-ADA; about 15 minutes on 2 CPU cores (32x32 is about
+with R1, Adam(2e-3, 0, 0.99) as StyleGAN2-ADA; about 40 minutes on 2 idle CPU cores (32x32 is about
 2.5x slower per step: set data.image_size=32 on a faster machine)."""
 from experiments.config import Config, DataConfig, EvalConfig, SampleConfig, TrainConfig
 
@@ -14,7 +14,7 @@ def get_config(variant=None):
       model=dict(arch="stylegan", z_dim=64, w_dim=64, mapping_layers=4, channel_base=512,
                  channel_max=64, mapping_lr_multiplier=0.01, w_avg_beta=0.995,
                  mbstd_group_size=4),
-      train=TrainConfig(num_steps=6000, ema_decay=0.999, ema_warmup=True, log_every=100,
+      train=TrainConfig(num_steps=20_000, ema_decay=0.999, ema_warmup=True, log_every=100,
                         checkpoint_every=1000, sample_every=2000),
       sample=SampleConfig(num=64),
       eval=EvalConfig(num_samples=1000),
@@ -27,7 +27,7 @@ def get_config(variant=None):
     config.data.image_size = 16
     config.model.update(z_dim=8, w_dim=8, mapping_layers=2, channel_base=64, channel_max=8)
     config.train.num_steps = 4
-    config.train.log_every, config.train.checkpoint_every, config.train.sample_every = 2, 2, 0
+    config.train.log_every, config.train.checkpoint_every, config.train.sample_every = 2, 4, 0
     config.sample.num = 8
     config.eval.num_samples = 16
     config.options.update(fid_every=2, fid_samples=16, classifier_steps=10)

@@ -161,7 +161,7 @@ def supervised_direction(latents, scores, *, fraction: float = 0.1, method: str 
 
 def conditional_direction(primary, conditions):
   """Projects the condition directions out of ``primary`` and renormalises (InterFaceGAN
-  eq. 4): n' = n - C^T (C C^T)^-1 C n.
+  eq. 4): n' = n - C^T (C C^T)^+ C n (pseudo-inverse, so redundant conditions are allowed).
 
   Args:
     primary: [D] direction to edit along.
@@ -174,7 +174,7 @@ def conditional_direction(primary, conditions):
   c = jnp.atleast_2d(jnp.asarray(conditions, jnp.float32))
   if c.shape[-1] != n.shape[-1]:
     raise ValueError(f"conditions {c.shape} and primary {n.shape} have different dimensions.")
-  coef = jnp.linalg.solve(c @ c.T, c @ n)
+  coef = jnp.linalg.pinv(c @ c.T) @ (c @ n)  # pinv: (anti)parallel conditions are fine
   out = n - c.T @ coef
   norm = jnp.linalg.norm(out)
   if not isinstance(norm, jax.core.Tracer) and float(norm) < 1e-6 * float(jnp.linalg.norm(n)):

@@ -10,6 +10,7 @@ References:
 """
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Sequence
 
 import jax
@@ -38,8 +39,12 @@ def latents_from_seeds(seeds, z_dim: int) -> jax.Array:
   seeds = np.asarray(seeds)
   if seeds.ndim != 1 or not np.issubdtype(seeds.dtype, np.integer) or (seeds < 0).any():
     raise ValueError(f"seeds must be a 1-D array of non-negative ints, got {seeds!r}.")
-  return jax.vmap(lambda s: jax.random.normal(jax.random.key(s), (z_dim,)))(
-      jnp.asarray(seeds, jnp.uint32))
+  return _latents_from_seeds(jnp.asarray(seeds, jnp.uint32), int(z_dim))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _latents_from_seeds(seeds, z_dim):
+  return jax.vmap(lambda s: jax.random.normal(jax.random.key(s), (z_dim,)))(seeds)
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -73,19 +73,21 @@ class GANState(struct.PyTreeNode):
              g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation):
     """Initialises both networks (jitted init) and their optimizers."""
     z_dim = generator_z_dim(generator)
-    g_key, noise_key, d_key = jax.random.split(key, 3)
-    z = jnp.zeros((2, z_dim), jnp.float32)
-    g_vars = jax.jit(lambda k1, k2: generator.init({"params": k1, "noise": k2}, z))(
-        g_key, noise_key)
-    fake = jax.eval_shape(lambda v: generator.apply(v, z), g_vars)
-    d_vars = jax.jit(lambda k: discriminator.init(k, jnp.zeros(fake.shape, fake.dtype)))(d_key)
-    g_params, g_state = _split(g_vars)
-    d_params, d_state = _split(d_vars)
-    return cls(step=jnp.zeros((), jnp.int32), g_params=g_params,
-               g_ema=jax.tree.map(jnp.copy, g_params), g_state=g_state,
-               g_opt=g_tx.init(g_params), d_params=d_params, d_state=d_state,
-               d_opt=d_tx.init(d_params), g_apply=generator.apply,
-               d_apply=discriminator.apply, g_tx=g_tx, d_tx=d_tx, z_dim=z_dim)
+
+    def init(key):  # one compiled program (op-by-op init compiles once per leaf shape)
+      g_key, noise_key, d_key = jax.random.split(key, 3)
+      z = jnp.zeros((2, z_dim), jnp.float32)
+      g_params, g_state = _split(generator.init({"params": g_key, "noise": noise_key}, z))
+      fake = jax.eval_shape(lambda p, s: generator.apply({"params": p, **s}, z), g_params,
+                            g_state)
+      d_params, d_state = _split(discriminator.init(d_key, jnp.zeros(fake.shape, fake.dtype)))
+      return dict(step=jnp.zeros((), jnp.int32), g_params=g_params,
+                  g_ema=jax.tree.map(jnp.copy, g_params), g_state=g_state,
+                  g_opt=g_tx.init(g_params), d_params=d_params, d_state=d_state,
+                  d_opt=d_tx.init(d_params))
+
+    return cls(**jax.jit(init)(key), g_apply=generator.apply, d_apply=discriminator.apply,
+               g_tx=g_tx, d_tx=d_tx, z_dim=z_dim)
 
   def generator_variables(self, ema: bool = True) -> dict:
     """Variables to apply the generator with (EMA or live parameters)."""

@@ -1,0 +1,481 @@
+"""GAN editing tools on a trained workdir: interpolation, inversion, supervised edits,
+vector arithmetic and unsupervised direction discovery (each writes a PNG and a JSON).
+
+  python -m experiments.gan_tools interpolate --workdir DIR --seeds 0-3 [--space z|w] [--method slerp|lerp]
+  python -m experiments.gan_tools invert --workdir DIR --test-images 0-7 | --seeds 0-7 | --target a.png [--w-plus]
+  python -m experiments.gan_tools edit --workdir DIR --attribute size --positive large [--condition color]
+  python -m experiments.gan_tools arithmetic --workdir DIR --expr "large red circle - red + blue"
+  python -m experiments.gan_tools discover --workdir DIR [--directions 16] [--steps 1000]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments import common
+from experiments import gan as G
+from jaxgen import data as jdata
+from jaxgen import gan
+from jaxgen import metrics as M
+from jaxgen.nn import DirectionReconstructor, StyleGenerator
+
+
+@dataclasses.dataclass
+class Trained:
+  """A loaded workdir: generator, EMA variables, jitted generate / map / synthesise."""
+  workdir: str
+  config: object
+  source: object
+  generator: object
+  variables: dict
+  step: int
+  z_dim: int
+  _clf: object = None
+
+  @classmethod
+  def load(cls, workdir: str) -> "Trained":
+    config, source, generator, state, step = G.load_trained(workdir)
+    return cls(workdir, config, source, generator, state.generator_variables(), step,
+               state.z_dim)
+
+  @property
+  def style(self) -> bool:
+    return isinstance(self.generator, StyleGenerator)
+
+  @property
+  def attributes(self) -> dict:
+    attrs = getattr(self.source, "attributes", None)
+    return dict(attrs) if attrs else {"label": tuple(self.source.class_names)}
+
+  def classifier(self):
+    if self._clf is None:
+      self._clf = G.attribute_classifier(self.workdir, self.config, self.source, self.config.seed)
+    return self._clf
+
+  def latents(self, z, space: str, psi: float = 1.0):
+    """z [N, z_dim] -> latents of `space` ('z' or 'w')."""
+    _check_space(self, space)
+    if space == "z":
+      return jnp.asarray(z)
+    return _mapping(self.generator)(self.variables, jnp.asarray(z), jnp.float32(psi))
+
+  def images(self, latents, space: str, psi: float = 1.0, batch_size: int = 256):
+    """Images [N, H, W, C] in [-1, 1] of latents in `space` (truncation applies to z only).
+    Chunks are padded to `batch_size`, so one compiled function serves every N."""
+    _check_space(self, space)
+    latents = np.asarray(latents, np.float32)
+    out = []
+    for s in range(0, latents.shape[0], batch_size):
+      chunk = latents[s:s + batch_size]
+      n = chunk.shape[0]
+      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
+      if space == "z":
+        imgs = _generate(self.generator)(self.variables, chunk, psi, batch_size)
+      else:
+        imgs = _synthesis(self.generator)(self.variables, jnp.asarray(chunk))
+      out.append(np.asarray(imgs)[:n])
+    return np.concatenate(out)
+
+
+_CACHE = {}
+
+
+def _mapping(generator):
+  key = ("map", generator)
+  if key not in _CACHE:
+    _CACHE[key] = jax.jit(lambda v, z, psi: generator.apply(v, z, psi, method="mapping"))
+  return _CACHE[key]
+
+
+def _generate(generator):
+  key = ("gen", generator)
+  if key not in _CACHE:
+    _CACHE[key] = G.make_generate_fn(generator)
+  return _CACHE[key]
+
+
+def _synthesis(generator):
+  key = ("synth", generator)
+  if key not in _CACHE:
+    def run(v, w):
+      ws = jnp.broadcast_to(w[:, None], (w.shape[0], generator.config.num_ws, w.shape[-1]))
+      return jnp.clip(generator.apply(v, ws, method="synthesis"), -1.0, 1.0)
+    _CACHE[key] = jax.jit(run)
+  return _CACHE[key]
+
+
+def _check_space(t: Trained, space: str):
+  if space not in ("z", "w"):
+    raise ValueError(f"latent space must be 'z' or 'w', got {space!r}.")
+  if space == "w" and not t.style:
+    raise ValueError("the W space needs a style-based generator; this workdir has a DCGAN "
+                     "(use --space z).")
+
+
+def _write(path: str, images, nrow: int, record: dict, t: Trained, command: str) -> str:
+  M.save_image_grid(path, images, nrow=nrow)
+  with open(path[:-4] + ".json", "w") as f:
+    json.dump(record, f, indent=2, default=float)
+  common.write_run_json(path[:-4] + ".run.json", t.config, command=command,
+                        checkpoint_step=t.step, **{k: v for k, v in record.items()
+                                                   if isinstance(v, (int, float, str, list))})
+  return path
+
+
+def _out(t: Trained, name: str) -> str:
+  d = os.path.join(t.workdir, "edits")
+  os.makedirs(d, exist_ok=True)
+  return os.path.join(d, name + ".png")
+
+
+# --- interpolation --------------------------------------------------------------------
+
+def interpolate(t: Trained, seeds, *, num: int = 8, space: str = "z", method: str = "slerp",
+                psi: float = 1.0) -> str:
+  """One strip of `num` images per consecutive pair of seeds."""
+  if len(seeds) < 2:
+    raise ValueError("interpolation needs at least two seeds, e.g. --seeds 0-3.")
+  lat = t.latents(gan.latents_from_seeds(seeds, t.z_dim), space, psi)
+  strips = jax.vmap(lambda a, b: gan.interpolate(a, b, num, method))(lat[:-1], lat[1:])
+  imgs = t.images(np.asarray(strips).reshape(-1, lat.shape[-1]), space,
+                  psi if space == "z" else 1.0)
+  return _write(_out(t, f"interp_{space}_{method}_seeds{seeds[0]}-{seeds[-1]}"), imgs, num,
+                {"seeds": list(seeds), "space": space, "method": method, "num": num,
+                 "truncation_psi": psi}, t, "interpolate")
+
+
+# --- inversion ------------------------------------------------------------------------
+
+def invert_images(t: Trained, targets, key, *, num_steps: int = 1000, w_plus: bool = False,
+                  perceptual_weight: float = 0.1, batch_size: int = 16, **kwargs):
+  """Projects targets [N, H, W, C] (vmapped in chunks). Returns (images, ws, psnr [N])."""
+  if not t.style:
+    raise ValueError("inversion needs a style-based generator (a W space).")
+  targets = np.asarray(targets, np.float32)
+  shape = t.generator.config.image_shape
+  if targets.ndim != 4 or targets.shape[1:] != shape:
+    raise ValueError(f"targets must be [N, {', '.join(map(str, shape))}] for this generator, "
+                     f"got {targets.shape}; resize them to {shape[0]}x{shape[1]}.")
+  feature_fn = gan.classifier_feature_fn(t.classifier()) if perceptual_weight > 0 else None
+  project = gan.make_projector(t.generator, num_steps=num_steps, w_plus=w_plus,
+                               feature_fn=feature_fn, perceptual_weight=perceptual_weight,
+                               **kwargs)
+  run = jax.jit(jax.vmap(project, in_axes=(None, 0, 0, None)))
+  _, w_std = gan.w_statistics(t.generator, t.variables, jax.random.fold_in(key, 0))
+  images, ws = [], []
+  for s in range(0, len(targets), batch_size):
+    chunk = targets[s:s + batch_size]
+    pad = batch_size - len(chunk) if len(targets) > batch_size else 0
+    if pad:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
+    res = run(t.variables, jnp.asarray(chunk),
+              jax.random.split(jax.random.fold_in(key, s + 1), len(chunk)), w_std)
+    images.append(np.asarray(res.image)[:len(chunk) - pad])
+    ws.append(np.asarray(res.ws)[:len(chunk) - pad])
+  images = np.clip(np.concatenate(images), -1.0, 1.0)
+  return images, np.concatenate(ws), np.asarray(M.psnr(images, targets, reduction="none"))
+
+
+def load_target(path: str) -> np.ndarray:
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  img = np.asarray(Image.open(path))
+  if img.ndim == 2:
+    img = img[..., None]
+  return img[..., :3].astype(np.float32) / 127.5 - 1.0
+
+
+def invert(t: Trained, *, test_images=None, seeds=None, targets=None, num_steps: int = 1000,
+           w_plus: bool = False, fid: bool = True, seed: int = 0, **kwargs) -> str:
+  """Inverts held-out test images (indices), generated images (seeds) or files."""
+  if sum(x is not None for x in (test_images, seeds, targets)) != 1:
+    raise ValueError("give exactly one of --test-images, --seeds, --target.")
+  if test_images is not None:
+    source, what = common.build_source(t.config, "test"), "test"
+    images = source[np.asarray(test_images)]["image"]
+  elif seeds is not None:
+    images, what = t.images(gan.latents_from_seeds(seeds, t.z_dim), "z"), "generated"
+  else:
+    images, what = np.stack([load_target(p) for p in targets]), "files"
+  proj, ws, psnr = invert_images(t, images, jax.random.key(seed), num_steps=num_steps,
+                                 w_plus=w_plus, **kwargs)
+  record = {"targets": what, "num": int(len(images)), "num_steps": num_steps,
+            "w_plus": w_plus, "psnr_mean": float(psnr.mean()),
+            "psnr_median": float(np.median(psnr)), "psnr_min": float(psnr.min()),
+            "fraction_psnr_ge_30": float(np.mean(psnr >= 30.0)), "psnr": psnr.tolist()}
+  if fid and len(images) >= 50:
+    clf = t.classifier()
+    test = jdata.load_all(common.build_source(t.config, "test"))["image"]
+    record["fid_projections_vs_test"] = M.classifier_fid(clf, test, proj)
+    record["fid_targets_vs_test"] = M.classifier_fid(clf, test, images)
+  n = min(len(images), 16)
+  grid = np.concatenate([images[:n], proj[:n]])
+  path = _out(t, f"invert_{what}_{'wplus' if w_plus else 'w'}_{len(images)}")
+  np.savez_compressed(path[:-4] + ".npz", targets=images, projections=proj, ws=ws)
+  return _write(path, grid, n, record, t, "invert")
+
+
+# --- supervised directions ------------------------------------------------------------
+
+def _as_list(v) -> list:
+  return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def fit_direction(t: Trained, attribute: str, positive, negative=None, *, space: str = "z",
+                  num_latents: int = 5000, fraction: float = 0.1, key, method: str = "svm"):
+  """InterFaceGAN: label `num_latents` samples, fit a linear classifier on the confident
+  ones. Returns (unit direction [D], info)."""
+  pos = [gan.attribute_index(t.attributes, attribute, p) for p in _as_list(positive)]
+  neg = None if negative is None else [gan.attribute_index(t.attributes, attribute, v)
+                                       for v in _as_list(negative)]
+  lat = t.latents(jax.random.normal(key, (num_latents, t.z_dim)), space)
+  probs = M.classifier_predict(t.classifier(), t.images(lat, space))[attribute]
+  scores = gan.attribute_score(probs, pos, neg)
+  if neg is not None:  # keep only samples of either group before ranking
+    keep = np.isin(probs.argmax(-1), pos + neg)
+    lat, scores = np.asarray(lat)[keep], np.asarray(scores)[keep]
+  direction, info = gan.supervised_direction(lat, scores, fraction=fraction, method=method)
+  return direction, dict(info, attribute=attribute, positive=pos, negative=neg, space=space)
+
+
+def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positive,
+                  negative=None, *, space: str = "z", conditions=()) -> dict:
+  """Classifier response along z + m n, as fractions over the latents: P(positive) is
+  non-decreasing in m (up to a tolerance 0, 0.01, 0.05), the target's predicted class
+  changes between the extreme m (or flips from a negative to a positive class), each of
+  `conditions` keeps its predicted class at every m. Returns (dict, P(positive) [M, B])."""
+  clf, attrs = t.classifier(), t.attributes
+  pos = [gan.attribute_index(attrs, attribute, p) for p in _as_list(positive)]
+  neg = ([i for i in range(len(attrs[attribute])) if i not in pos] if negative is None else
+         [gan.attribute_index(attrs, attribute, v) for v in _as_list(negative)])
+  for c in conditions:
+    gan.attribute_index(attrs, c, 0)
+  edited = gan.edit_latents(latents, direction, magnitudes)  # [M, B, D]
+  m_, b_ = edited.shape[:2]
+  probs = M.classifier_predict(clf, t.images(np.asarray(edited).reshape(m_ * b_, -1), space))
+  p = {k: v.reshape(m_, b_, -1) for k, v in probs.items()}
+  p_pos = p[attribute][..., pos].sum(-1)  # [M, B]
+  cls = p[attribute].argmax(-1)
+  flips = np.isin(cls[0], neg) & np.isin(cls[-1], pos)
+  changes = cls[0] != cls[-1]
+  out = {f"monotonic_fraction_tol_{tol:g}": gan.monotonic_fraction(p_pos, tol=tol)
+         for tol in (0.0, 0.01, 0.05)}
+  out.update(target_flips_fraction=float(flips.mean()),
+             target_changes_fraction=float(changes.mean()),
+             p_positive_mean_by_m=p_pos.mean(1).tolist())
+  for c in conditions:
+    stays = np.all(p[c].argmax(-1) == p[c].argmax(-1)[m_ // 2][None], axis=0)
+    out[f"{c}_stays_fraction"] = float(stays.mean())
+    out[f"changes_and_{c}_stays_fraction"] = float((changes & stays).mean())
+  return out, p_pos
+
+
+def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
+         space: str = "z", seeds=tuple(range(8)), max_m: float = 3.0, num_m: int = 7,
+         num_latents: int = 5000, num_eval: int = 200, fraction: float = 0.1,
+         seed: int = 0) -> str:
+  """Fits the direction (and the conditional one if `conditions`), measures it on
+  `num_eval` random latents and draws edits of `seeds` (rows) over m in [-max_m, max_m]."""
+  key = jax.random.key(seed)
+  n, info = fit_direction(t, attribute, positive, negative, space=space,
+                          num_latents=num_latents, fraction=fraction,
+                          key=jax.random.fold_in(key, 0))
+  record = {"direction": info, "max_m": max_m, "num_eval": num_eval}
+  ms = np.linspace(-max_m, max_m, 13)
+  lat_eval = t.latents(jax.random.normal(jax.random.fold_in(key, 1), (num_eval, t.z_dim)), space)
+  record["unconditioned"], _ = measure_edits(t, n, lat_eval, ms, attribute, positive, negative,
+                                             space=space, conditions=conditions)
+  if conditions:
+    cond_dirs = []
+    for c in conditions:  # one-vs-rest directions of the conditioned attribute's values
+      k = len(t.attributes[c])
+      for v in range(1 if k == 2 else 0, k):
+        d, _ = fit_direction(t, c, v, space=space, num_latents=num_latents, fraction=fraction,
+                             key=jax.random.fold_in(key, 2))
+        cond_dirs.append(d)
+    n = gan.conditional_direction(n, jnp.stack(cond_dirs))
+    record["conditioned"], _ = measure_edits(t, n, lat_eval, ms, attribute, positive, negative,
+                                             space=space, conditions=conditions)
+  show = np.linspace(-max_m, max_m, num_m)
+  lat = t.latents(gan.latents_from_seeds(list(seeds), t.z_dim), space)
+  grid = np.asarray(gan.edit_latents(lat, n, show)).transpose(1, 0, 2).reshape(-1, lat.shape[-1])
+  name = f"edit_{attribute}_{'-'.join(map(str, _as_list(positive)))}_{space}"
+  name += "_cond-" + "-".join(conditions) if conditions else ""
+  np.save(_out(t, name)[:-4] + "_direction.npy", np.asarray(n))
+  return _write(_out(t, name), t.images(grid, space), num_m, record, t, "edit")
+
+
+# --- vector arithmetic ----------------------------------------------------------------
+
+def parse_expression(expr: str, attributes) -> list[tuple[float, dict]]:
+  """'large red circle - red + blue' -> [(1, {size: 1, color: 0, shape: 0}), (-1, ...), ...].
+  Multi-word values are written with underscores ('top_left')."""
+  terms, sign = [], 1.0
+  for token in expr.replace("+", " + ").replace("-", " - ").split():
+    if token in "+-":
+      sign = 1.0 if token == "+" else -1.0
+      terms.append((sign, {}))
+      continue
+    if not terms:
+      terms.append((1.0, {}))
+    word = token.replace("_", " ")
+    hits = [(a, v.index(word)) for a, v in attributes.items() if word in v]
+    if not hits:
+      raise ValueError(f"unknown attribute value {token!r}; known values: "
+                       f"{ {a: v for a, v in attributes.items()} }.")
+    terms[-1][1][hits[0][0]] = hits[0][1]
+  if not terms or any(not q for _, q in terms):
+    raise ValueError(f"bad expression {expr!r}: expected e.g. 'large red circle - red + blue'.")
+  return terms
+
+
+def arithmetic(t: Trained, expr: str, *, space: str = "z", num_latents: int = 5000,
+               confidence: float = 0.9, num_show: int = 8, seed: int = 0) -> str:
+  """Group means of confidently classified samples, combined as the expression says; the
+  result (and small perturbations of it) is drawn next to samples of each group."""
+  terms = parse_expression(expr, t.attributes)
+  key = jax.random.key(seed)
+  lat = np.asarray(t.latents(jax.random.normal(key, (num_latents, t.z_dim)), space))
+  probs = M.classifier_predict(t.classifier(), t.images(lat, space))
+  labels = {k: np.where(p.max(-1) >= confidence, p.argmax(-1), -1) for k, p in probs.items()}
+  means = [gan.group_mean(lat, labels, q, min_count=3) for _, q in terms]
+  result = gan.latent_arithmetic(means, [s for s, _ in terms])
+  rows = []
+  for q in [q for _, q in terms]:
+    idx = np.flatnonzero(gan.group_mask(labels, q))[:num_show]
+    rows.append(t.images(np.concatenate([lat[idx], np.repeat(lat[idx[-1:]], num_show - len(idx), 0)]), space))
+  noise = 0.25 * np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (num_show - 1, lat.shape[-1])))
+  out = t.images(np.concatenate([np.asarray(result)[None], np.asarray(result)[None] + noise]), space)
+  pred = M.classifier_predict(t.classifier(), out)
+  record = {"expr": expr, "terms": [[s, q] for s, q in terms], "space": space,
+            "group_sizes": [int(gan.group_mask(labels, q).sum()) for _, q in terms],
+            "result_prediction": {k: t.attributes[k][int(v[0].argmax())] for k, v in pred.items()}}
+  name = "arith_" + "".join(c if c.isalnum() else "_" for c in expr)[:60] + f"_{space}"
+  return _write(_out(t, name), np.concatenate(rows + [out]), num_show, record, t, "arithmetic")
+
+
+# --- unsupervised directions (Voynov & Babenko) ---------------------------------------
+
+def discover(t: Trained, *, num_directions: int = 16, num_steps: int = 1000, space: str = "z",
+             batch_size: int = 32, shift_scale: float = 6.0, seed: int = 0,
+             num_eval: int = 100) -> str:
+  """Trains directions + reconstructor; reports per direction the attribute whose predicted
+  class changes most between shifts -shift_scale/2 and +shift_scale/2."""
+  _check_space(t, space)
+  gen = t.generator
+  if space == "z":
+    sample_fn = lambda v, k, b: jax.random.normal(k, (b, t.z_dim))
+    generate_fn = lambda v, z: gen.apply(v, z) if not t.style else gen.apply(v, z, 1.0)
+  else:
+    sample_fn = lambda v, k, b: gen.apply(v, jax.random.normal(k, (b, t.z_dim)), method="mapping")
+    generate_fn = lambda v, w: gen.apply(v, jnp.broadcast_to(
+        w[:, None], (w.shape[0], gen.config.num_ws, w.shape[-1])), method="synthesis")
+  dim = t.z_dim if space == "z" else gen.config.w_dim
+  recon = DirectionReconstructor(num_directions=num_directions)
+  key = jax.random.key(seed)
+  state = gan.init_voynov(recon, jax.random.fold_in(key, 0), latent_dim=dim,
+                          image_shape=t.source.image_shape, tx=optax.adam(1e-3))
+  step = jax.jit(gan.make_voynov_step(sample_fn, generate_fn, batch_size=batch_size,
+                                      shift_scale=shift_scale), donate_argnums=0)
+  accs = []
+  for _ in range(num_steps):
+    state, m = step(state, t.variables, jax.random.fold_in(key, 1))
+    accs.append(float(m["direction_accuracy"]))
+  dirs = np.asarray(state.directions())
+  lat = t.latents(jax.random.normal(jax.random.fold_in(key, 2), (num_eval, t.z_dim)), space)
+  clf, shift = t.classifier(), shift_scale / 2
+  changes = []
+  for d in dirs:
+    a, b = (M.classifier_predict(clf, t.images(np.asarray(lat) + s * d[None], space))
+            for s in (-shift, shift))
+    frac = {k: float(np.mean(a[k].argmax(-1) != b[k].argmax(-1))) for k in a}
+    top = max(frac, key=frac.get)
+    changes.append({"attribute": top, "changed_fraction": frac[top], "all": frac})
+  show = np.linspace(-shift_scale, shift_scale, 7)
+  z0 = t.latents(gan.latents_from_seeds([0], t.z_dim), space)
+  grid = np.concatenate([np.asarray(z0) + s * dirs[:, None][:, 0] for s in show])  # [7K, D]
+  grid = grid.reshape(len(show), num_directions, -1).transpose(1, 0, 2).reshape(-1, dim)
+  record = {"num_directions": num_directions, "num_steps": num_steps, "space": space,
+            "reconstructor_accuracy_last100": float(np.mean(accs[-100:])),
+            "directions": changes}
+  np.save(_out(t, f"discover_{space}")[:-4] + "_directions.npy", dirs)
+  return _write(_out(t, f"discover_{space}"), t.images(grid, space), len(show), record, t,
+                "discover")
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m experiments.gan_tools", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="command", required=True)
+  cmds = {name: sub.add_parser(name) for name in
+          ("interpolate", "invert", "edit", "arithmetic", "discover")}
+  for c in cmds.values():
+    c.add_argument("--workdir", required=True)
+    c.add_argument("--seed", type=int, default=0)
+  for name in ("interpolate", "edit", "arithmetic", "discover"):
+    cmds[name].add_argument("--space", choices=("z", "w"), default="z")
+  c = cmds["interpolate"]
+  c.add_argument("--seeds", default="0-3")
+  c.add_argument("--num", type=int, default=8)
+  c.add_argument("--method", choices=("slerp", "lerp"), default="slerp")
+  c.add_argument("--trunc", type=float, default=1.0)
+  c = cmds["invert"]
+  c.add_argument("--test-images", default=None, help="indices into the test split, e.g. 0-7")
+  c.add_argument("--seeds", default=None, help="invert generated images of these seeds")
+  c.add_argument("--target", action="append", default=None, help="a PNG file (repeatable)")
+  c.add_argument("--steps", type=int, default=1000)
+  c.add_argument("--w-plus", action="store_true")
+  c.add_argument("--perceptual-weight", type=float, default=0.1)
+  c.add_argument("--noise-weight", type=float, default=1e5)
+  c = cmds["edit"]
+  c.add_argument("--attribute", required=True)
+  c.add_argument("--positive", required=True, nargs="+")
+  c.add_argument("--negative", default=None, nargs="+")
+  c.add_argument("--condition", action="append", default=[])
+  c.add_argument("--seeds", default="0-7")
+  c.add_argument("--max-m", type=float, default=3.0)
+  c.add_argument("--num-latents", type=int, default=5000)
+  c.add_argument("--num-eval", type=int, default=200)
+  cmds["arithmetic"].add_argument("--expr", required=True)
+  c = cmds["discover"]
+  c.add_argument("--directions", type=int, default=16)
+  c.add_argument("--steps", type=int, default=1000)
+  args = p.parse_args(argv)
+  t = Trained.load(args.workdir)
+
+  def ints(v):
+    return v if v is None else [int(x) if x.lstrip("-").isdigit() else x for x in v]
+
+  if args.command == "interpolate":
+    path = interpolate(t, gan.parse_seeds(args.seeds), num=args.num, space=args.space,
+                       method=args.method, psi=args.trunc)
+  elif args.command == "invert":
+    path = invert(t, test_images=None if args.test_images is None else gan.parse_seeds(
+        args.test_images), seeds=None if args.seeds is None else gan.parse_seeds(args.seeds),
+        targets=args.target, num_steps=args.steps, w_plus=args.w_plus, seed=args.seed,
+        perceptual_weight=args.perceptual_weight, noise_weight=args.noise_weight)
+  elif args.command == "edit":
+    path = edit(t, args.attribute, ints(args.positive), ints(args.negative),
+                conditions=tuple(args.condition), space=args.space,
+                seeds=gan.parse_seeds(args.seeds), max_m=args.max_m,
+                num_latents=args.num_latents, num_eval=args.num_eval, seed=args.seed)
+  elif args.command == "arithmetic":
+    path = arithmetic(t, args.expr, space=args.space, seed=args.seed)
+  else:
+    path = discover(t, num_directions=args.directions, num_steps=args.steps, space=args.space,
+                    seed=args.seed)
+  print(path)
+  with open(path[:-4] + ".json") as f:
+    print(f.read())
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
