@@ -5,7 +5,8 @@ Options (``config.options``; defaults in :data:`DEFAULTS`):
   kind: "ae" | "vae" | "vqvae" | "vqgan";  conditional: feed the label (CVAE);
   likelihood / log_scale / beta / kl_warmup_steps: the VAE objective;
   betas: a list of beta values: one run per beta in WORKDIR/beta_<b>/ (a beta sweep);
-  num_codes / vq_beta / codebook_update / codebook_decay / dead_threshold / rec_loss: VQ;
+  num_codes / vq_beta / codebook_update / codebook_decay / dead_threshold: VQ;
+  rec_loss: "mse" | "l1" pixel loss of VQ models (default: mse for vqvae, l1 for vqgan);
   disc (PatchDiscriminatorConfig fields) / disc_start / disc_weight / disc_learning_rate /
   perceptual ("classifier" | "vgg16:PATH" | "none") / perceptual_weight: VQGAN;
   adam_b1 / adam_b2: Adam betas of every optimizer (GANs: 0.5 / 0.9 as in VQGAN).
@@ -38,7 +39,7 @@ from jaxgen.training import TrainState, make_manager, make_optimizer, restore_la
 KINDS = ("ae", "vae", "vqvae", "vqgan")
 DEFAULTS = dict(kind="vae", conditional=False, likelihood="gaussian", log_scale=0.0, beta=1.0,
                 kl_warmup_steps=0, betas=None, num_codes=64, vq_beta=0.25,
-                codebook_update="ema", codebook_decay=0.99, dead_threshold=1.0, rec_loss="mse",
+                codebook_update="ema", codebook_decay=0.99, dead_threshold=1.0, rec_loss=None,
                 disc=None, disc_start=0, disc_weight=0.8, disc_learning_rate=None,
                 perceptual="classifier", perceptual_weight=1.0, perceptual_classifier_steps=400,
                 adam_b1=0.9, adam_b2=0.999)
@@ -53,6 +54,10 @@ def options(config: Config) -> dict:
   o = dict(DEFAULTS, **config.options)
   if o["kind"] not in KINDS:
     raise ValueError(f"options.kind must be one of {KINDS}, got {o['kind']!r}")
+  if o["rec_loss"] is None:
+    o["rec_loss"] = "l1" if o["kind"] == "vqgan" else "mse"
+  if o["rec_loss"] not in ("mse", "l1"):
+    raise ValueError(f"options.rec_loss must be 'mse' or 'l1', got {o['rec_loss']!r}")
   for name in ("beta", "vq_beta", "disc_weight", "perceptual_weight"):
     V.check_beta(o[name], f"options.{name}")
   for b in o["betas"] or ():
@@ -160,6 +165,7 @@ def make_steps(config: Config, model: Autoencoder):
     return jax.jit(V.make_vq_step(model, rec_loss=o["rec_loss"], **vq_kw, **common_kw),
                    donate_argnums=0)
   g, d = V.make_vqgan_steps(model, build_discriminator(config), disc_start=o["disc_start"],
+                            rec_loss=o["rec_loss"],
                             disc_weight=o["disc_weight"], perceptual_weight=o["perceptual_weight"],
                             **vq_kw, **common_kw)
   return jax.jit(g, donate_argnums=0), jax.jit(d, donate_argnums=0)
@@ -277,11 +283,11 @@ def _train_one(config: Config, workdir: str) -> dict:
 
 def sample(workdir: str, **kwargs) -> str:
   """See `experiments.autoencoders_eval.sample`."""
-  from experiments.autoencoders_eval import sample as _sample  # pylint: disable=import-outside-toplevel
+  from experiments.autoencoders_eval import sample as _sample  # pylint: disable=C0415
   return _sample(workdir, **kwargs)
 
 
 def evaluate(workdir: str, **kwargs) -> dict:
   """See `experiments.autoencoders_eval.evaluate`."""
-  from experiments.autoencoders_eval import evaluate as _evaluate  # pylint: disable=import-outside-toplevel
+  from experiments.autoencoders_eval import evaluate as _evaluate  # pylint: disable=C0415
   return _evaluate(workdir, **kwargs)

@@ -254,7 +254,8 @@ def test_classifier_perceptual_net(key):
   config = ClassifierConfig(heads=(("label", 2),), image_shape=(8, 8, 1), features=(4, 8),
                             embed_dim=8)
   shapes = jax.eval_shape(config.module().init, key, x[:1])
-  bundle = ClassifierBundle(config=config, params={"params": init_from_shapes(shapes["params"], key)})
+  bundle = ClassifierBundle(config=config,
+                            params={"params": init_from_shapes(shapes["params"], key)})
   net = V.classifier_feature_net(bundle)
   feats = net.apply_fn(net.params, x)
   assert [f.shape for f in feats] == [(16, 8, 8, 4), (16, 4, 4, 8)]
@@ -285,12 +286,25 @@ def test_latent_tools(key):
 
 # --- the runner, end to end on smoke configs ---
 
+def _seed_fid_classifier(workdir, image_shape, heads):
+  """A tiny random feature classifier in the evaluation cache: skips its training compile."""
+  from jaxgen.metrics import ClassifierBundle, ClassifierConfig, save_classifier
+  from jaxgen.nn.autoencoder import init_from_shapes
+  config = ClassifierConfig(heads=tuple(heads.items()), image_shape=image_shape,
+                            features=(4, 8), embed_dim=8)
+  x = jnp.zeros((1,) + image_shape)
+  shapes = jax.eval_shape(config.module().init, jax.random.key(0), x)
+  params = {"params": init_from_shapes(shapes["params"], jax.random.key(1))}
+  save_classifier(os.path.join(workdir, "classifier_fid"),
+                  ClassifierBundle(config=config, params=jax.device_get(params)))
+
 @pytest.fixture(scope="module")
 def cvae_run(tmp_path_factory):
   from experiments.main import main
   workdir = str(tmp_path_factory.mktemp("cvae"))
   assert main(["train", "--config", "experiments/configs/cvae_digits.py:smoke",
                "--workdir", workdir]) == 0
+  _seed_fid_classifier(workdir, (8, 8, 1), {"label": 10})
   return workdir
 
 
@@ -327,6 +341,8 @@ def test_runner_vqgan_smoke_and_composite_checkpoint(tmp_path):
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [l["disc_factor"] for l in lines] == [0.0, 1.0]  # discriminator starts at step 2
   assert all(np.isfinite(l["adaptive_weight"]) and l["perplexity"] >= 1 for l in lines)
+  _seed_fid_classifier(str(tmp_path), (16, 16, 3),
+                       {"shape": 3, "color": 4, "size": 2, "position": 9, "label": 3})
   r = A.evaluate(str(tmp_path), num_samples=32)
   assert r["codebook_size"] == 8 and 1 <= r["codebook_perplexity"] <= 8
   assert np.isfinite(r["fid_recon_vs_test"]) and r["test_mse"] > 0

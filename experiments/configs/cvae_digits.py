@@ -1,8 +1,8 @@
 # python -m experiments.main train --config experiments/configs/cvae_digits.py --workdir runs/cvae_digits
 """A conditional VAE (Sohn et al. 2015) on the 8x8 digits: the one-hot digit is fed to the MLP
-encoder and decoder; sampling z ~ N(0, I) with a chosen digit draws that digit. A 4-dim latent leaves the digit
-identity to the label (8 dims: 95% conditional accuracy, 2 dims: 99.8%). About a minute on
-2 CPU cores, plus evaluation."""
+encoder and decoder; sampling z ~ N(0, I) with a chosen digit draws that digit. A 4-dim latent
+leaves the digit identity to the label (8 dims: 95% conditional accuracy, 2 dims: 99.8%).
+About a minute on 2 CPU cores, plus evaluation."""
 import math
 
 from experiments.config import Config, DataConfig, EvalConfig, SampleConfig, TrainConfig

@@ -18,7 +18,7 @@ def get_config(variant=None):
       sample=SampleConfig(num=64),
       eval=EvalConfig(num_samples=1000, classifier_steps=1200),
       options=dict(kind="vqgan", num_codes=64, vq_beta=0.25, codebook_update="ema",
-                   codebook_decay=0.99, dead_threshold=1.0,
+                   codebook_decay=0.99, dead_threshold=1.0, rec_loss="mse",
                    disc=dict(base_channels=32, num_layers=2, norm="group"), disc_start=600,
                    disc_weight=0.1, disc_learning_rate=5e-4, adam_b1=0.5, adam_b2=0.9,
                    perceptual="classifier", perceptual_weight=1.0,

@@ -172,7 +172,8 @@ def check_beta(beta: float, name: str = "beta") -> None:
 
 
 def hinge_d_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
-  """Hinge discriminator loss (Lim & Ye 2017; VQGAN): 1/2 (E[relu(1 - D(x))] + E[relu(1 + D(x_hat))])."""
+  """Hinge discriminator loss (Lim & Ye 2017; VQGAN):
+  1/2 (E[relu(1 - D(x))] + E[relu(1 + D(x_hat))])."""
   return 0.5 * (jnp.mean(jax.nn.relu(1.0 - logits_real)) + jnp.mean(jax.nn.relu(1.0 + logits_fake)))
 
 

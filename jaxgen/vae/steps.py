@@ -239,13 +239,15 @@ class VQGANState(struct.PyTreeNode):
 def make_vqgan_steps(model: Autoencoder, disc: PatchDiscriminator, *, beta: float = 0.25,
                      codebook_update: str = "ema", codebook_decay: float = 0.99,
                      codebook_eps: float = 1e-5, dead_threshold: float = 1.0,
-                     perceptual_weight: float = 1.0, disc_weight: float = 0.8,
+                     rec_loss: str = "l1", perceptual_weight: float = 1.0,
+                     disc_weight: float = 0.8,
                      disc_start: int = 0, adaptive_eps: float = 1e-4,
                      ema_decay: float = 0.999, ema_warmup: bool = True,
                      axis_name: str | None = None) -> tuple[Callable, Callable]:
   """VQGAN (Esser et al. 2021, eq. 5-7): generator loss
   L = |x - x_hat|_1 + w_p LPIPS(x, x_hat) + [codebook term] + beta commitment
       + f(step) disc_weight lambda (-E[D(x_hat)]),
+  (`rec_loss="mse"` replaces the L1 pixel term by the squared error),
   lambda the adaptive weight at the decoder's last layer (`losses.adaptive_weight`), f = 0
   before `disc_start`; the discriminator minimises the hinge loss (times f).
 
@@ -271,21 +273,21 @@ def make_vqgan_steps(model: Autoencoder, disc: PatchDiscriminator, *, beta: floa
     h = model.apply({"params": params["model"]}, q.z_q, label, method=Autoencoder.decode_trunk)
     last = params["model"]["decoder_out"]
 
-    def rec_loss(x_hat):
-      l1 = jnp.mean(L.reconstruction_error(x, x_hat, "l1"))
+    def rec_terms(x_hat):
+      pixel = jnp.mean(L.reconstruction_error(x, x_hat, rec_loss))
       if pnet is None:
-        return l1, jnp.zeros(())
+        return pixel, jnp.zeros(())
       p = jnp.mean(perceptual_distance(pnet, x, x_hat))
-      return l1 + perceptual_weight * p, p
+      return pixel + perceptual_weight * p, p
 
     def gan_loss(x_hat):
       return L.hinge_g_loss(disc.apply({"params": d_params}, x_hat))
 
     x_hat = head(params["model"], last, h)
-    (rec, perc), adv = rec_loss(x_hat), gan_loss(x_hat)
+    (rec, perc), adv = rec_terms(x_hat), gan_loss(x_hat)
     sg_h = jax.lax.stop_gradient(h)
     with_kernel = lambda w: dict(last, kernel=w)
-    lam = L.adaptive_weight(lambda w: rec_loss(head(params["model"], with_kernel(w), sg_h))[0],
+    lam = L.adaptive_weight(lambda w: rec_terms(head(params["model"], with_kernel(w), sg_h))[0],
                             lambda w: gan_loss(head(params["model"], with_kernel(w), sg_h)),
                             last["kernel"], eps=adaptive_eps, axis_name=axis_name)
     loss = Q.vq_loss(rec, q, beta, codebook_term=not ema) + factor * disc_weight * lam * adv
