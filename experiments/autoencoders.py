@@ -80,19 +80,21 @@ def build_model(config: Config, source) -> Autoencoder:
   o = options(config)
   fields = dict(config.model)
   h, w, c = source.image_shape
-  for key, value in (("in_channels", (c,)), ("image_size", (h, w))):
-    given = fields.setdefault(key, value if key == "image_size" else c)
-    as_tuple = tuple(np.broadcast_to(np.atleast_1d(given), (len(value),)))
-    if as_tuple != value:
-      raise ValueError(f"config model.{key}={given} does not match dataset "
-                       f"{config.data.name!r} images of shape {source.image_shape}")
+  fields.setdefault("image_size", (h, w))
+  fields.setdefault("in_channels", c)
   fields["double_latent"] = o["kind"] == "vae"
   if o["conditional"]:
     if source.num_classes is None:
       raise ValueError(f"dataset {config.data.name!r} has no labels for a conditional VAE")
     fields["num_classes"] = source.num_classes
   fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-  return Autoencoder(AutoencoderConfig(**fields))
+  model_config = AutoencoderConfig(**fields)
+  if model_config.image_shape != tuple(source.image_shape):
+    raise ValueError(f"config model image_size/in_channels give images of shape "
+                     f"{model_config.image_shape}, but dataset {config.data.name!r} has "
+                     f"{tuple(source.image_shape)}; drop them from config.model (they default "
+                     "to the data's)")
+  return Autoencoder(model_config)
 
 
 def build_discriminator(config: Config) -> PatchDiscriminator:

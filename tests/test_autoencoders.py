@@ -365,7 +365,8 @@ def test_runner_rejects_bad_options(tmp_path):
                       ("options.beta=-1.0", "options.beta must be"),
                       ("options.kind='gan'", "options.kind"),
                       ("model.latent_channels=0", "latent_channels must be a positive int"),
-                      ("options.perceptual='vgg16:/nonexistent.safetensors'", "not found")):
+                      ("options.perceptual='vgg16:/nonexistent.safetensors'", "not found"),
+                      ("model.in_channels=1", "dataset 'shapes' has")):
     config = load_config("experiments/configs/vqgan_shapes.py:smoke")
     apply_override(config, item)
     with pytest.raises((ValueError, FileNotFoundError), match=match):

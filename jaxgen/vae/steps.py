@@ -14,7 +14,7 @@ global index so that both paths see the same noise.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
