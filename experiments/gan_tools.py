@@ -207,7 +207,9 @@ def invert(t: Trained, *, test_images=None, seeds=None, targets=None, num_steps:
   proj, ws, psnr = invert_images(t, images, jax.random.key(seed), num_steps=num_steps,
                                  w_plus=w_plus, **kwargs)
   record = {"targets": what, "num": int(len(images)), "num_steps": num_steps,
-            "w_plus": w_plus, "psnr_mean": float(psnr.mean()),
+            "w_plus": w_plus, "optimize_noise": kwargs.get("optimize_noise", True),
+            "num_restarts": kwargs.get("num_restarts", 1),
+            "perceptual_weight": kwargs.get("perceptual_weight", 0.1), "psnr_mean": float(psnr.mean()),
             "psnr_median": float(np.median(psnr)), "psnr_min": float(psnr.min()),
             "fraction_psnr_ge_30": float(np.mean(psnr >= 30.0)), "psnr": psnr.tolist()}
   if fid and len(images) >= 50:
@@ -217,7 +219,9 @@ def invert(t: Trained, *, test_images=None, seeds=None, targets=None, num_steps:
     record["fid_targets_vs_test"] = M.classifier_fid(clf, test, images)
   n = min(len(images), 16)
   grid = np.concatenate([images[:n], proj[:n]])
-  path = _out(t, f"invert_{what}_{'wplus' if w_plus else 'w'}_{len(images)}")
+  path = _out(t, f"invert_{what}_{'wplus' if w_plus else 'w'}_{len(images)}"
+               + ("" if kwargs.get("optimize_noise", True) else "_fixednoise")
+               + (f"_restarts{kwargs['num_restarts']}" if kwargs.get("num_restarts", 1) > 1 else ""))
   np.savez_compressed(path[:-4] + ".npz", targets=images, projections=proj, ws=ws)
   return _write(path, grid, n, record, t, "invert")
 
@@ -400,8 +404,8 @@ def discover(t: Trained, *, num_directions: int = 16, num_steps: int = 1000, spa
     changes.append({"attribute": top, "changed_fraction": frac[top], "all": frac})
   show = np.linspace(-shift_scale, shift_scale, 7)
   z0 = t.latents(gan.latents_from_seeds([0], t.z_dim), space)
-  grid = np.concatenate([np.asarray(z0) + s * dirs[:, None][:, 0] for s in show])  # [7K, D]
-  grid = grid.reshape(len(show), num_directions, -1).transpose(1, 0, 2).reshape(-1, dim)
+  grid = np.asarray(z0)[None] + show[None, :, None] * dirs[:, None, :]  # [K, 7, D]: row = direction
+  grid = grid.reshape(-1, dim)
   record = {"num_directions": num_directions, "num_steps": num_steps, "space": space,
             "reconstructor_accuracy_last100": float(np.mean(accs[-100:])),
             "directions": changes}
@@ -434,6 +438,10 @@ def main(argv=None) -> int:
   c.add_argument("--w-plus", action="store_true")
   c.add_argument("--perceptual-weight", type=float, default=0.1)
   c.add_argument("--noise-weight", type=float, default=1e5)
+  c.add_argument("--restarts", type=int, default=1,
+                 help="also start from RESTARTS-1 random w and keep the best (default: mean w only)")
+  c.add_argument("--fixed-noise", action="store_true",
+                 help="keep the generator's constant noise maps instead of optimising them")
   c = cmds["edit"]
   c.add_argument("--attribute", required=True)
   c.add_argument("--positive", required=True, nargs="+")
@@ -460,7 +468,8 @@ def main(argv=None) -> int:
     path = invert(t, test_images=None if args.test_images is None else gan.parse_seeds(
         args.test_images), seeds=None if args.seeds is None else gan.parse_seeds(args.seeds),
         targets=args.target, num_steps=args.steps, w_plus=args.w_plus, seed=args.seed,
-        perceptual_weight=args.perceptual_weight, noise_weight=args.noise_weight)
+        perceptual_weight=args.perceptual_weight, noise_weight=args.noise_weight,
+        optimize_noise=not args.fixed_noise, num_restarts=args.restarts)
   elif args.command == "edit":
     path = edit(t, args.attribute, ints(args.positive), ints(args.negative),
                 conditions=tuple(args.condition), space=args.space,

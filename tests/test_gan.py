@@ -276,7 +276,7 @@ def test_projector_inverts_a_generated_image_vmapped(style):
   _, w_std = gan.w_statistics(g, variables, jax.random.key(0), 1000)
   pool = lambda x: x.reshape(x.shape[0], 4, 2, 4, 2, 3).mean(axis=(2, 4)).reshape(x.shape[0], -1)
   project = gan.make_projector(g, num_steps=100, noise_weight=0.0, optimize_noise=False,
-                               feature_fn=pool, perceptual_weight=0.1)
+                               feature_fn=pool, perceptual_weight=0.1, num_restarts=2)
   run = jax.jit(jax.vmap(project, in_axes=(None, 0, 0, None)))
   res = run(variables, targets, jax.random.split(jax.random.key(1), 2), w_std)
   assert res.trajectory.shape == (2, 100, SG.w_dim) and res.ws.shape == (2, SG.num_ws, SG.w_dim)

@@ -102,7 +102,8 @@ def make_projector(generator: StyleGenerator, *, num_steps: int = 1000, w_plus: 
                    perceptual_weight: float = 1.0, noise_weight: float = 1e5,
                    initial_learning_rate: float = 0.1, initial_noise_factor: float = 0.05,
                    lr_rampup: float = 0.05, lr_rampdown: float = 0.25,
-                   noise_ramp: float = 0.75, optimize_noise: bool = True) -> Callable:
+                   noise_ramp: float = 0.75, optimize_noise: bool = True,
+                   num_restarts: int = 1) -> Callable:
   """Builds ``project(variables, target, key, w_std) -> ProjectionResult``.
 
   Args:
@@ -115,6 +116,9 @@ def make_projector(generator: StyleGenerator, *, num_steps: int = 1000, w_plus: 
     initial_learning_rate, lr_rampup, lr_rampdown: see `projector_learning_rate`.
     initial_noise_factor, noise_ramp: see `projector_w_noise_scale`.
     optimize_noise: also optimise the noise maps (else the generator's constant noise).
+    num_restarts: > 1 also starts from (num_restarts - 1) mapped random z (vmapped) and keeps
+      the run with the lowest final loss -- an extension against local minima; 1 is the
+      StyleGAN2-ADA projector (start at the mean w only).
 
   Returns:
     ``project(variables, target [H, W, C], key, w_std) -> ProjectionResult``, pure: jit it,
@@ -122,8 +126,9 @@ def make_projector(generator: StyleGenerator, *, num_steps: int = 1000, w_plus: 
   """
   if not isinstance(generator, StyleGenerator):
     raise TypeError(f"make_projector needs a StyleGenerator, got {type(generator).__name__}.")
-  if num_steps < 1:
-    raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+  if num_steps < 1 or num_restarts < 1:
+    raise ValueError(f"num_steps and num_restarts must be >= 1, got {num_steps}, "
+                     f"{num_restarts}.")
   for name, v in (("pixel_weight", pixel_weight), ("perceptual_weight", perceptual_weight),
                   ("noise_weight", noise_weight)):
     if v < 0:
@@ -142,13 +147,32 @@ def make_projector(generator: StyleGenerator, *, num_steps: int = 1000, w_plus: 
       raise ValueError(f"the target image has shape {tuple(target.shape)} but the generator "
                        f"makes images of shape {cfg.image_shape} (H, W, C); resize or crop the "
                        "target to the generator's size.")
-    w_avg = variables["buffers"]["w_avg"]
-    w0 = jnp.broadcast_to(w_avg, (cfg.num_ws, cfg.w_dim)) if w_plus else w_avg
+    z_key, run_key = jax.random.split(key)
+    starts = variables["buffers"]["w_avg"][None]  # [1, w_dim]
+    if num_restarts > 1:  # extra starts: mapped random z
+      z = jax.random.normal(z_key, (num_restarts - 1, cfg.z_dim))
+      starts = jnp.concatenate([starts, generator.apply(variables, z, method="mapping")])
+    if w_plus:
+      starts = jnp.broadcast_to(starts[:, None], (num_restarts, cfg.num_ws, cfg.w_dim))
+    target_feats = None if feature_fn is None else feature_fn(target[None])
+    keys = jax.random.split(run_key, num_restarts)
+    p, traj, losses = jax.vmap(lambda w0, k: optimize(variables, target, target_feats, w0, k,
+                                                      w_std))(starts, keys)
+    best = jnp.argmin(losses[:, -1])
+    p, traj, losses = jax.tree.map(lambda x: x[best], (p, traj, losses))
+    ws, img = synthesize(variables, p["w"], p["noise"])
+    noise = p["noise"] if optimize_noise else tuple(
+        variables["buffers"]["synthesis_net"][f"noise_const{i}"][..., 0]
+        for i in range(len(cfg.noise_shapes)))
+    return ProjectionResult(w=p["w"], ws=ws, noise=noise, image=img, trajectory=traj,
+                            losses=losses)
+
+  def optimize(variables, target, target_feats, w0, key, w_std):
+    """One projection from w0: (final params, w trajectory, losses)."""
     init_key, step_key = jax.random.split(key)
     noise0 = tuple(jax.random.normal(jax.random.fold_in(init_key, i), hw)
                    for i, hw in enumerate(cfg.noise_shapes))
     params = {"w": w0, "noise": noise0 if optimize_noise else ()}
-    target_feats = None if feature_fn is None else feature_fn(target[None])
 
     def loss_fn(p, w_noise):
       _, img = synthesize(variables, p["w"] + w_noise, p["noise"])
@@ -174,11 +198,6 @@ def make_projector(generator: StyleGenerator, *, num_steps: int = 1000, w_plus: 
 
     (p, _), (traj, losses) = jax.lax.scan(body, (params, adam.init(params)),
                                           jnp.arange(num_steps))
-    ws, img = synthesize(variables, p["w"], p["noise"])
-    noise = p["noise"] if optimize_noise else tuple(
-        variables["buffers"]["synthesis_net"][f"noise_const{i}"][..., 0]
-        for i in range(len(cfg.noise_shapes)))
-    return ProjectionResult(w=p["w"], ws=ws, noise=noise, image=img, trajectory=traj,
-                            losses=losses)
+    return p, traj, losses
 
   return project
