@@ -146,7 +146,8 @@ def sample(workdir: str, *, num: int = 64, sampler: str | None = None, steps: in
   imgs = run.draw(jnp.asarray([scale]), labels, labels, seed)[0]
   name = f"guided_{guidance}{scale:g}_{run.method}{run.steps}_seed{seed}_step{run.step}"
   path = os.path.join(workdir, "samples", name + ".png")
-  M.save_image_grid(path, report.by_class(imgs, k), nrow=max(1, num // k))
+  per = max(1, num // k)
+  M.save_image_grid(path, report.by_class(imgs, k, per_class=per), nrow=per)
   np.savez_compressed(path[:-4] + ".npz", images=imgs, labels=labels)
   return path
 
@@ -420,6 +421,9 @@ def sweep(workdir: str, *, scales, guidance: str = "cfg", num: int | None = None
       rows.append({"scale": s, "accuracy": float(np.mean(hits(run.kind, probs, labels))),
                    "fid": fid(imgs)})
     result["per_scale"] = rows
+    os.makedirs(out_dir, exist_ok=True)
+    np.savez_compressed(os.path.join(out_dir, f"{guidance}_samples.npz"), images=images,
+                        labels=labels, scales=np.asarray(scales))
     report.save_grid(os.path.join(out_dir, f"{guidance}_grid.png"),
                      [report.by_class(im, run.num_classes, per_class=8) for im in images],
                      [f"g={s:g}" for s in scales], nrow=8)
@@ -452,6 +456,9 @@ def _negative_sweep(run: _Run, clf, scales, n, seed, out_dir) -> dict:
       out["positive_accuracy"] = float(np.mean(hits(run.kind, probs, pos)))
     return out
 
+  os.makedirs(out_dir, exist_ok=True)
+  np.savez_compressed(os.path.join(out_dir, "negative_samples.npz"), lecture=lecture,
+                      replace=replace, labels=pos, neg_labels=neg, scales=np.asarray(scales))
   rows = [{"neg_scale": s, **stats(im)} for s, im in zip(scales, lecture)]
   panels = [report.by_class(im, run.num_classes, labels=neg, per_class=8) for im in lecture]
   titles = [f"g_neg={s:g}" for s in scales]

@@ -16,10 +16,10 @@ _METRICS = (("accuracy", "class accuracy (held-out classifier)"), ("fid", "class
 
 def by_class(images: np.ndarray, num_classes: int, *, labels=None, per_class: int | None = None):
   """Images reordered class-major: per_class images of class 0, then class 1, ... (a grid with
-  ``nrow=per_class`` has one row per class). ``labels`` default to ``arange(N) % K``."""
+  ``nrow=per_class`` has one row per class present). ``labels`` default to ``arange(N) % K``."""
   labels = np.arange(len(images)) % num_classes if labels is None else np.asarray(labels)
-  groups = [np.flatnonzero(labels == c) for c in range(num_classes)]
-  per = min(len(g) for g in groups if len(g)) if per_class is None else per_class
+  groups = [g for g in (np.flatnonzero(labels == c) for c in range(num_classes)) if len(g)]
+  per = min(len(g) for g in groups) if per_class is None else per_class
   rows = []
   for g in groups:
     row = images[g[:per]]

@@ -71,7 +71,7 @@ def test_negative_forms_and_rescale_equal_formulas(toy):
                              D.cfg(f, y, K, g)(x, t), atol=1e-6)
   np.testing.assert_allclose(D.cfg_negative_replace(f, y, yn, g)(x, t), n + g * (c - n),
                              rtol=1e-5, atol=1e-6)
-  # Guidance rescale (Lin et al. 2023, eq. 15-17), computed in float64 numpy.
+  # Guidance rescale (Lin et al. 2023, sec. 3.4), computed in float64 numpy.
   phi = 0.7
   guided = np.asarray(u + g * (c - u), np.float64)
   cn = np.asarray(c, np.float64)

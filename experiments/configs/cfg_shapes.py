@@ -2,7 +2,8 @@
 """Classifier-free guidance and negative prompts on 16x16 `shapes`. Each training image is
 conditioned on one "word" — its shape (circle, square, triangle: 0-2) or its colour (red,
 green, blue, yellow: 3-6) — or, with probability 0.1, on the null class, so "a circle, not red"
-is expressible: positive word = circle, negative word = red. About 15 minutes on 2 CPU cores.
+is expressible: positive word = circle, negative word = red. About 23 minutes of CPU time
+(2 cores).
 
   python -m experiments.main sweep --workdir runs/cfg_shapes --scales 0,1,3 --guidance negative
   python -m experiments.main sweep --workdir runs/cfg_shapes --scales 0,1,3,5

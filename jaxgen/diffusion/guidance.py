@@ -5,12 +5,12 @@
   ``out = out(null) + g (out(y) - out(null))``; g = 0 is the unconditional model, g = 1 the
   conditional one. The two outputs come from one batched model call.
 * :func:`cfg_negative` — the lecture's negative prompting (the "conjunction and negation" of
-  composable diffusion, Liu et al. 2022, eq. 12):
+  composable diffusion, Liu et al. 2022):
   ``out = out(null) + g (out(y) - out(null)) - g_neg (out(y_neg) - out(null))``.
 * :func:`cfg_negative_replace` — the widespread form (Stable Diffusion front ends, diffusers'
   ``negative_prompt``): the negative condition takes the place of the unconditional one,
   ``out = out(y_neg) + g (out(y) - out(y_neg))``.
-* ``rescale=phi`` on any CFG transform — guidance rescale (Lin et al. 2023, sec. 3.4, eq. 15-17).
+* ``rescale=phi`` on any CFG transform — guidance rescale (Lin et al. 2023, sec. 3.4).
 * :func:`classifier_guidance` — classifier guidance (Dhariwal & Nichol 2021) in score form
   (their Algorithm 2): ``eps' = eps - sqrt(1 - alpha_bar_t) g grad_x log p(y | x_t, t)``.
   :func:`classifier_mean_shift` gives their Algorithm 1 for DDPM: the posterior mean moves by
@@ -159,7 +159,7 @@ def guidance_combine(out_cond: jax.Array, out_uncond: jax.Array, scale) -> jax.A
 
 
 def rescale_guidance(guided: jax.Array, out_cond: jax.Array, phi) -> jax.Array:
-  """Guidance rescale (Lin et al. 2023, sec. 3.4, eq. 15-17):
+  """Guidance rescale (Lin et al. 2023, sec. 3.4):
 
     rescaled = guided * std(out_cond) / std(guided),  out = phi rescaled + (1 - phi) guided,
 
@@ -211,7 +211,7 @@ def cfg(model_fn: ModelFn, cond, null_cond, scale, *, rescale=None) -> DenoiseFn
 def cfg_negative(model_fn: ModelFn, cond, neg_cond, null_cond, scale, neg_scale, *,
                  rescale=None) -> DenoiseFn:
   """Negative prompting in the lecture's form (composable diffusion's negation, Liu et al.
-  2022, eq. 12):
+  2022):
 
     out = out(null) + scale (out(cond) - out(null)) - neg_scale (out(neg) - out(null)),
 
@@ -287,7 +287,7 @@ def classifier_grad(log_prob_fn: LogProbFn, x: jax.Array, t) -> jax.Array:
 
 def classifier_guidance(denoise_fn: DenoiseFn, log_prob_fn: LogProbFn, scale,
                         schedule: Schedule, *, prediction_type: str = "epsilon") -> DenoiseFn:
-  """Classifier guidance in score form (Dhariwal & Nichol 2021, Algorithm 2 and eq. 14):
+  """Classifier guidance in score form (Dhariwal & Nichol 2021, sec. 4.2 and Algorithm 2):
 
     eps' = eps(x_t, t) - sqrt(1 - alpha_bar_t) scale grad_x log p(y | x_t, t),
 
