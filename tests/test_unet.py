@@ -317,3 +317,20 @@ def test_invalid_configs_are_named():
     UNetConfig.from_diffusers_dict({**d, "block_out_channels": [128, 256]})
   with pytest.raises(ValueError, match="norm_num_groups"):
     UNetConfig.from_diffusers_dict({**d, "norm_num_groups": 48})
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 6, 16), (3, 16), (2, 7, 16)])
+def test_group_norm_matches_float64_formula(shape):
+  """jaxgen's GroupNorm (per-channel stats first, folded affine) equals Wu & He eq. 1-2."""
+  from jaxgen.nn import GroupNorm
+  x = np.random.default_rng(0).normal(2.0, 3.0, shape).astype(np.float32)
+  scale = np.random.default_rng(1).normal(size=16).astype(np.float32)
+  bias = np.random.default_rng(2).normal(size=16).astype(np.float32)
+  out = GroupNorm(4, epsilon=1e-5).apply({"params": {"scale": scale, "bias": bias}}, x)
+  xg = x.astype(np.float64).reshape(shape[0], -1, 4, 4)
+  mu = xg.mean(axis=(1, 3), keepdims=True)
+  var = ((xg - mu) ** 2).mean(axis=(1, 3), keepdims=True)
+  ref = ((xg - mu) / np.sqrt(var + 1e-5)).reshape(shape) * scale + bias
+  np.testing.assert_allclose(np.asarray(out), ref, atol=2e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match="divisible by num_groups=3"):
+    GroupNorm(3).init(jax.random.key(0), x)

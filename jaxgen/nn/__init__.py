@@ -1,12 +1,12 @@
 """Flax linen modules (architecture only)."""
-from jaxgen.nn.layers import (AttentionBlock, DownBlock, Downsample2D, MidBlock, ResnetBlock2D,
+from jaxgen.nn.layers import (AttentionBlock, DownBlock, Downsample2D, GroupNorm, MidBlock, ResnetBlock2D,
                               TimestepEmbedding, UpBlock, Upsample2D, timestep_embedding,
                               upsample_nearest2x)
 from jaxgen.nn.unet import (UNet2D, UNetConfig, UnsupportedOptionError, count_params, init_unet,
                             param_shapes)
 
 __all__ = [
-    "AttentionBlock", "DownBlock", "Downsample2D", "MidBlock", "UpBlock", "ResnetBlock2D", "TimestepEmbedding", "Upsample2D",
+    "AttentionBlock", "DownBlock", "Downsample2D", "GroupNorm", "MidBlock", "UpBlock", "ResnetBlock2D", "TimestepEmbedding", "Upsample2D",
     "timestep_embedding", "upsample_nearest2x", "UNet2D", "UNetConfig", "UnsupportedOptionError",
     "count_params", "init_unet", "param_shapes",
 ]

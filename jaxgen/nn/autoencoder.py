@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxgen.nn.layers import AttentionBlock, Downsample2D, Upsample2D
+from jaxgen.nn.layers import AttentionBlock, Downsample2D, GroupNorm, Upsample2D
 
 ARCHITECTURES = ("conv", "mlp")
 
@@ -134,8 +134,8 @@ def _conv(features: int, kernel: int, name: str, stride: int = 1) -> nn.Conv:
                  name=name)
 
 
-def _norm(groups: int, name: str) -> nn.GroupNorm:
-  return nn.GroupNorm(num_groups=groups, epsilon=1e-6, name=name)
+def _norm(groups: int, name: str) -> GroupNorm:
+  return GroupNorm(num_groups=groups, epsilon=1e-6, name=name)
 
 
 class ResBlock(nn.Module):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.nn.autoencoder import init_from_shapes
+from jaxgen.nn.layers import GroupNorm
 
 NORMS = ("group", "none")
 
@@ -55,7 +56,7 @@ class PatchDiscriminator(nn.Module):
     if self.config.norm == "none":
       return h
     groups = next(g for g in (8, 4, 2, 1) if ch % g == 0)
-    return nn.GroupNorm(num_groups=groups, epsilon=1e-5, name=name)(h)
+    return GroupNorm(num_groups=groups, epsilon=1e-5, name=name)(h)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
