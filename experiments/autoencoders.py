@@ -34,7 +34,7 @@ from jaxgen import parallel
 from jaxgen import vae as V
 from jaxgen.nn import (Autoencoder, AutoencoderConfig, PatchDiscriminator,
                        PatchDiscriminatorConfig, init_autoencoder, init_discriminator)
-from jaxgen.training import TrainState, make_manager, make_optimizer, restore_latest, save
+from jaxgen.training import TrainState, make_optimizer, save
 
 KINDS = ("ae", "vae", "vqvae", "vqgan")
 DEFAULTS = dict(kind="vae", conditional=False, likelihood="gaussian", log_scale=0.0, beta=1.0,
@@ -213,13 +213,8 @@ def _train_one(config: Config, workdir: str) -> dict:
   state = parallel.replicate(init_state(config, model, init_key, source.image_shape), mesh)
   pnet = parallel.replicate(perceptual_net(config, workdir), mesh) if o["kind"] == "vqgan" else None
   loader = jdata.Loader(source, config.data.batch_size, seed=config.seed)
-  manager = make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=tc.max_to_keep)
-  restored = restore_latest(manager, state)
-  resumed_from = None
-  if restored is not None:
-    state, data_state, resumed_from = restored
-    if data_state is not None:
-      loader.set_state(data_state)
+  manager, state, resumed_from = common.restore_or_start(workdir, state, loader,
+                                                        max_to_keep=tc.max_to_keep)
   steps = make_steps(config, model)
   keys = ("image", "label") if o["conditional"] else ("image",)
 

@@ -132,3 +132,33 @@ def load_workdir_config(workdir: str) -> Config:
                             "experiments/configs/NAME.py --workdir DIR`")
   with open(path) as f:
     return Config.from_dict(json.load(f))
+
+
+def restore_or_start(workdir: str, state, loader, *, max_to_keep: int, log=None):
+  """Opens WORKDIR/checkpoints and resumes from its newest readable checkpoint, if any.
+
+  Restores the state and the data loader's position (so a resumed run sees the same batches
+  as an uninterrupted one); a corrupt newest checkpoint falls back to the previous one
+  (`jaxgen.training.restore_latest`).
+
+  Args:
+    workdir: the run directory.
+    state: a freshly initialised state (the restore target's structure and sharding).
+    loader: the `jaxgen.data.Loader`, whose position is restored in place.
+    max_to_keep: checkpoints kept by the manager.
+    log: optional logger for the "resumed" line.
+
+  Returns:
+    (manager, state, resumed_from) with resumed_from None for a fresh start.
+  """
+  from jaxgen.training import make_manager, restore_latest
+  manager = make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep)
+  restored = restore_latest(manager, state)
+  if restored is None:
+    return manager, state, None
+  state, data_state, resumed_from = restored
+  if data_state is not None:
+    loader.set_state(data_state)
+  if log is not None:
+    log.info("resumed from step %d", resumed_from)
+  return manager, state, resumed_from

@@ -21,7 +21,6 @@ Config ``options`` (all optional):
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os

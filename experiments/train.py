@@ -19,8 +19,7 @@ from jaxgen import data as jdata
 from jaxgen import parallel
 from jaxgen.metrics import save_image_grid
 from jaxgen.nn import init_unet
-from jaxgen.training import (TrainState, make_manager, make_optimizer, make_train_step,
-                             restore_latest, save)
+from jaxgen.training import TrainState, make_optimizer, make_train_step, save
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +92,8 @@ def train(config: Config, workdir: str) -> dict:
   state = parallel.replicate(state, mesh)
   loader = jdata.Loader(source, config.data.batch_size, seed=config.seed)
 
-  manager = make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=tc.max_to_keep)
-  restored = restore_latest(manager, state)
-  resumed_from = None
-  if restored is not None:
-    state, data_state, resumed_from = restored
-    if data_state is not None:
-      loader.set_state(data_state)
-    log.info("resumed from step %d", resumed_from)
+  manager, state, resumed_from = common.restore_or_start(workdir, state, loader,
+                                                        max_to_keep=tc.max_to_keep, log=log)
 
   step_fn = jax.jit(make_train_step(
       model, schedule, prediction_type=config.diffusion.prediction_type,
