@@ -3,7 +3,7 @@ vector arithmetic and unsupervised direction discovery (each writes a PNG and a 
 
   python -m experiments.gan_tools interpolate --workdir DIR --seeds 0-3 [--space z|w] [--method slerp|lerp]
   python -m experiments.gan_tools invert --workdir DIR --test-images 0-7 | --seeds 0-7 | --target a.png [--w-plus]
-  python -m experiments.gan_tools edit --workdir DIR --attribute size --positive large [--condition color]
+  python -m experiments.gan_tools edit --workdir DIR --attribute size --positive large [--condition color] [--m-units std|unit]
   python -m experiments.gan_tools arithmetic --workdir DIR --expr "large red circle - red + blue"
   python -m experiments.gan_tools discover --workdir DIR [--directions 16] [--steps 1000]
 """
@@ -232,86 +232,147 @@ def _as_list(v) -> list:
   return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
-def fit_direction(t: Trained, attribute: str, positive, negative=None, *, space: str = "z",
-                  num_latents: int = 5000, fraction: float = 0.1, key, method: str = "svm"):
-  """InterFaceGAN: label `num_latents` samples, fit a linear classifier on the confident
-  ones. Returns (unit direction [D], info)."""
+def _classes(t: Trained, attribute: str, positive, negative=None):
+  """(positive indices, negative indices or None) of an attribute's named values."""
   pos = [gan.attribute_index(t.attributes, attribute, p) for p in _as_list(positive)]
   neg = None if negative is None else [gan.attribute_index(t.attributes, attribute, v)
                                        for v in _as_list(negative)]
-  lat = t.latents(jax.random.normal(key, (num_latents, t.z_dim)), space)
-  probs = M.classifier_predict(t.classifier(), t.images(lat, space))[attribute]
-  scores = gan.attribute_score(probs, pos, neg)
+  return pos, neg
+
+
+def classifier_logits(t: Trained, images, batch_size: int = 500) -> dict:
+  """The attribute classifier's logits: dict head -> [N, K] (padded chunks, one compile)."""
+  clf = t.classifier()
+  key = ("logits", clf.config)
+  if key not in _CACHE:
+    model = clf.config.module()
+    _CACHE[key] = jax.jit(lambda p, x: model.apply(p, x, train=False)[0])
+  images = np.asarray(images, np.float32)
+  out = {}
+  for s in range(0, len(images), batch_size):
+    chunk = images[s:s + batch_size]
+    n = len(chunk)
+    chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
+    for k, v in jax.device_get(_CACHE[key](clf.params, chunk)).items():
+      out.setdefault(k, []).append(np.asarray(v)[:n])
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def label_latents(t: Trained, num_latents: int, *, space: str, key) -> tuple:
+  """`num_latents` random latents of `space` and the classifier's logits on their images."""
+  lat = np.asarray(t.latents(jax.random.normal(key, (num_latents, t.z_dim)), space))
+  return lat, classifier_logits(t, t.images(lat, space))
+
+
+def fit_direction(t: Trained, attribute: str, positive, negative=None, *, space: str = "z",
+                  num_latents: int = 5000, fraction: float = 0.1, key=None,
+                  method: str = "svm", l2: float = 1e-2, labelled=None):
+  """InterFaceGAN: label `num_latents` samples (or reuse `labelled` = (latents, logits)),
+  rank them by the log-odds of `positive` vs `negative`, fit a linear classifier on the
+  `fraction` most confident of each side. Returns (unit direction [D], info); info['sigma']
+  is the std of all labelled latents along the direction (the unit of m)."""
+  pos, neg = _classes(t, attribute, positive, negative)
+  if labelled is None:
+    if key is None:
+      raise ValueError("fit_direction needs a key (or labelled=(latents, logits)).")
+    labelled = label_latents(t, num_latents, space=space, key=key)
+  lat_all, logits = labelled
+  scores = np.asarray(gan.attribute_logodds(logits[attribute], pos, neg))
+  lat = lat_all
   if neg is not None:  # keep only samples of either group before ranking
-    keep = np.isin(probs.argmax(-1), pos + neg)
-    lat, scores = np.asarray(lat)[keep], np.asarray(scores)[keep]
-  direction, info = gan.supervised_direction(lat, scores, fraction=fraction, method=method)
-  return direction, dict(info, attribute=attribute, positive=pos, negative=neg, space=space)
+    keep = np.isin(logits[attribute].argmax(-1), pos + neg)
+    lat, scores = lat_all[keep], scores[keep]
+  direction, info = gan.supervised_direction(lat, scores, fraction=fraction, method=method, l2=l2)
+  return direction, dict(info, attribute=attribute, positive=pos, negative=neg, space=space,
+                         sigma=gan.projection_std(lat_all, direction))
 
 
 def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positive,
-                  negative=None, *, space: str = "z", conditions=()) -> dict:
-  """Classifier response along z + m n, as fractions over the latents: P(positive) is
-  non-decreasing in m (up to a tolerance 0, 0.01, 0.05), the target's predicted class
-  changes between the extreme m (or flips from a negative to a positive class), each of
-  `conditions` keeps its predicted class at every m. Returns (dict, P(positive) [M, B])."""
-  clf, attrs = t.classifier(), t.attributes
-  pos = [gan.attribute_index(attrs, attribute, p) for p in _as_list(positive)]
-  neg = ([i for i in range(len(attrs[attribute])) if i not in pos] if negative is None else
-         [gan.attribute_index(attrs, attribute, v) for v in _as_list(negative)])
+                  negative=None, *, space: str = "z", conditions=()) -> tuple:
+  """Classifier response along latents + m n (m as given: scale it by sigma for std units).
+
+  Fractions over the latents: the log-odds of `positive` vs `negative` (exact, from the
+  logits) never decreases from one m to the next ('monotonic_logodds'); P(positive) never
+  decreases by more than 0, 0.01, 0.05 ('monotonic_fraction_tol_*'; P saturates in float32,
+  so equal values count as monotonic); the target's predicted class differs between the
+  extreme m ('target_changes') or goes from a negative to a positive class ('target_flips');
+  each of `conditions` keeps its predicted class at every m. Returns (dict, log-odds [M, B]).
+  """
+  pos, neg = _classes(t, attribute, positive, negative)
+  neg = [i for i in range(len(t.attributes[attribute])) if i not in pos] if neg is None else neg
   for c in conditions:
-    gan.attribute_index(attrs, c, 0)
+    gan.attribute_index(t.attributes, c, 0)
   edited = gan.edit_latents(latents, direction, magnitudes)  # [M, B, D]
   m_, b_ = edited.shape[:2]
-  probs = M.classifier_predict(clf, t.images(np.asarray(edited).reshape(m_ * b_, -1), space))
-  p = {k: v.reshape(m_, b_, -1) for k, v in probs.items()}
-  p_pos = p[attribute][..., pos].sum(-1)  # [M, B]
-  cls = p[attribute].argmax(-1)
+  logits = classifier_logits(t, t.images(np.asarray(edited).reshape(m_ * b_, -1), space))
+  logits = {k: v.reshape(m_, b_, -1) for k, v in logits.items()}
+  logodds = np.asarray(gan.attribute_logodds(logits[attribute], pos, neg))  # [M, B]
+  p_pos = np.asarray(jax.nn.softmax(logits[attribute], -1))[..., pos].sum(-1)  # [M, B]
+  cls = logits[attribute].argmax(-1)
   flips = np.isin(cls[0], neg) & np.isin(cls[-1], pos)
   changes = cls[0] != cls[-1]
-  out = {f"monotonic_fraction_tol_{tol:g}": gan.monotonic_fraction(p_pos, tol=tol)
-         for tol in (0.0, 0.01, 0.05)}
+  out = {"monotonic_logodds": gan.monotonic_fraction(logodds)}
+  out.update({f"monotonic_fraction_tol_{tol:g}": gan.monotonic_fraction(p_pos, tol=tol)
+              for tol in (0.0, 0.01, 0.05)})
   out.update(target_flips_fraction=float(flips.mean()),
              target_changes_fraction=float(changes.mean()),
-             p_positive_mean_by_m=p_pos.mean(1).tolist())
+             p_positive_mean_by_m=p_pos.mean(1).tolist(),
+             logodds_median_by_m=np.median(logodds, 1).tolist())
   for c in conditions:
-    stays = np.all(p[c].argmax(-1) == p[c].argmax(-1)[m_ // 2][None], axis=0)
+    stays = np.all(logits[c].argmax(-1) == logits[c].argmax(-1)[m_ // 2][None], axis=0)
     out[f"{c}_stays_fraction"] = float(stays.mean())
     out[f"changes_and_{c}_stays_fraction"] = float((changes & stays).mean())
-  return out, p_pos
+  return out, logodds
 
 
 def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
          space: str = "z", seeds=tuple(range(8)), max_m: float = 3.0, num_m: int = 7,
          num_latents: int = 5000, num_eval: int = 200, fraction: float = 0.1,
-         seed: int = 0) -> str:
-  """Fits the direction (and the conditional one if `conditions`), measures it on
-  `num_eval` random latents and draws edits of `seeds` (rows) over m in [-max_m, max_m]."""
+         m_units: str = "std", l2: float = 1e-2, seed: int = 0) -> str:
+  """Fits the direction (and the conditional one if `conditions`) on one labelled set,
+  measures it on `num_eval` fresh random latents over 13 m in [-max_m, max_m] and draws
+  edits of `seeds` (rows).
+
+  m_units: 'std' (default) edits latent + m * sigma * n with sigma the std of the latents
+  along n (InterFaceGAN's m: in Z, sigma = 1 for a unit n); 'unit' edits latent + m * n.
+  """
+  if m_units not in ("std", "unit"):
+    raise ValueError(f"m_units must be 'std' or 'unit', got {m_units!r}.")
+  _classes(t, attribute, positive, negative)
+  for c in conditions:
+    gan.attribute_index(t.attributes, c, 0)
   key = jax.random.key(seed)
-  n, info = fit_direction(t, attribute, positive, negative, space=space,
-                          num_latents=num_latents, fraction=fraction,
-                          key=jax.random.fold_in(key, 0))
-  record = {"direction": info, "max_m": max_m, "num_eval": num_eval}
+  labelled = label_latents(t, num_latents, space=space, key=jax.random.fold_in(key, 0))
+  n, info = fit_direction(t, attribute, positive, negative, space=space, fraction=fraction,
+                          l2=l2, labelled=labelled)
+  record = {"direction": info, "max_m": max_m, "num_eval": num_eval, "m_units": m_units,
+            "num_latents": num_latents, "fraction": fraction, "l2": l2}
   ms = np.linspace(-max_m, max_m, 13)
   lat_eval = t.latents(jax.random.normal(jax.random.fold_in(key, 1), (num_eval, t.z_dim)), space)
-  record["unconditioned"], _ = measure_edits(t, n, lat_eval, ms, attribute, positive, negative,
-                                             space=space, conditions=conditions)
+
+  def scale(d):
+    return gan.projection_std(labelled[0], d) if m_units == "std" else 1.0
+
+  record["unconditioned"], _ = measure_edits(t, n, lat_eval, ms * scale(n), attribute, positive,
+                                             negative, space=space, conditions=conditions)
   if conditions:
     cond_dirs = []
     for c in conditions:  # one-vs-rest directions of the conditioned attribute's values
       k = len(t.attributes[c])
       for v in range(1 if k == 2 else 0, k):
-        d, _ = fit_direction(t, c, v, space=space, num_latents=num_latents, fraction=fraction,
-                             key=jax.random.fold_in(key, 2))
+        d, _ = fit_direction(t, c, v, space=space, fraction=fraction, l2=l2, labelled=labelled)
         cond_dirs.append(d)
     n = gan.conditional_direction(n, jnp.stack(cond_dirs))
-    record["conditioned"], _ = measure_edits(t, n, lat_eval, ms, attribute, positive, negative,
-                                             space=space, conditions=conditions)
-  show = np.linspace(-max_m, max_m, num_m)
+    record["conditioned"], _ = measure_edits(t, n, lat_eval, ms * scale(n), attribute,
+                                             positive, negative, space=space,
+                                             conditions=conditions)
+    record["conditioned"]["sigma"] = scale(n)
+  show = np.linspace(-max_m, max_m, num_m) * scale(n)
   lat = t.latents(gan.latents_from_seeds(list(seeds), t.z_dim), space)
   grid = np.asarray(gan.edit_latents(lat, n, show)).transpose(1, 0, 2).reshape(-1, lat.shape[-1])
   name = f"edit_{attribute}_{'-'.join(map(str, _as_list(positive)))}_{space}"
   name += "_cond-" + "-".join(conditions) if conditions else ""
+  name += "_unit" if m_units == "unit" else ""
   np.save(_out(t, name)[:-4] + "_direction.npy", np.asarray(n))
   return _write(_out(t, name), t.images(grid, space), num_m, record, t, "edit")
 
@@ -451,6 +512,10 @@ def main(argv=None) -> int:
   c.add_argument("--max-m", type=float, default=3.0)
   c.add_argument("--num-latents", type=int, default=5000)
   c.add_argument("--num-eval", type=int, default=200)
+  c.add_argument("--m-units", choices=("std", "unit"), default="std",
+                 help="m in std units of the latents along n (default) or in latent units")
+  c.add_argument("--fraction", type=float, default=0.1)
+  c.add_argument("--l2", type=float, default=1e-2)
   cmds["arithmetic"].add_argument("--expr", required=True)
   c = cmds["discover"]
   c.add_argument("--directions", type=int, default=16)
@@ -474,7 +539,8 @@ def main(argv=None) -> int:
     path = edit(t, args.attribute, ints(args.positive), ints(args.negative),
                 conditions=tuple(args.condition), space=args.space,
                 seeds=gan.parse_seeds(args.seeds), max_m=args.max_m,
-                num_latents=args.num_latents, num_eval=args.num_eval, seed=args.seed)
+                num_latents=args.num_latents, num_eval=args.num_eval, seed=args.seed,
+                m_units=args.m_units, fraction=args.fraction, l2=args.l2)
   elif args.command == "arithmetic":
     path = arithmetic(t, args.expr, space=args.space, seed=args.seed)
   else:

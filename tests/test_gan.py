@@ -320,6 +320,33 @@ def test_conditional_direction_and_edits(key):
   np.testing.assert_allclose(gan.attribute_score(probs, 0, 2), math.log(7.0), rtol=1e-4)
 
 
+def test_attribute_logodds_is_exact_and_does_not_saturate():
+  logits = jnp.array([[2.0, 0.0, -1.0], [30.0, 0.0, 0.0]])
+  # log(e^2 / (e^0 + e^-1)) and log(e^30 / 2)
+  np.testing.assert_allclose(gan.attribute_logodds(logits, 0),
+                             [2.0 - math.log(1.0 + math.exp(-1.0)), 30.0 - math.log(2.0)],
+                             rtol=1e-6)
+  np.testing.assert_allclose(gan.attribute_logodds(logits, [0, 1], 2),
+                             [math.log(math.exp(2.0) + 1.0) + 1.0, 30.0], rtol=1e-6)
+  # binary: the logit of P(positive); P rounds to 1 in float32 where the probability-based
+  # score (with its epsilon) saturates near log(1e6)
+  binary = jnp.array([[0.5, -0.25], [25.0, 0.0]])
+  np.testing.assert_allclose(gan.attribute_logodds(binary, 0), [0.75, 25.0], rtol=1e-6)
+  assert float(gan.attribute_score(jax.nn.softmax(binary[1:]), 0)[0]) < 14.0
+  with pytest.raises(ValueError, match="disjoint"):
+    gan.attribute_logodds(logits, 0, [0, 1])
+
+
+def test_projection_std_is_the_spread_along_the_direction():
+  x = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
+  assert gan.projection_std(x, np.array([1.0, 0.0])) == pytest.approx(math.sqrt(0.5))
+  n = np.array([0.6, 0.8])  # projections 0.6, -0.6, 1.6, -1.6: std sqrt((0.36 + 2.56) / 2)
+  assert gan.projection_std(x, n) == pytest.approx(math.sqrt(1.46))
+  assert gan.projection_std(3.0 * x + 5.0, n) == pytest.approx(3.0 * math.sqrt(1.46))
+  with pytest.raises(ValueError, match="direction"):
+    gan.projection_std(x, np.ones(3))
+
+
 def test_attribute_names_are_checked():
   assert gan.attribute_index(SHAPES_ATTRIBUTES, "color", "blue") == 2
   assert gan.attribute_index(SHAPES_ATTRIBUTES, "size", 1) == 1
@@ -407,6 +434,10 @@ def test_tools_interpolate_invert_edit_and_errors(style_run):
                  seeds=[0, 1], num_m=3)
   rec = json.load(open(path[:-4] + ".json"))
   assert 0 <= rec["conditioned"]["changes_and_color_stays_fraction"] <= 1
+  assert rec["m_units"] == "std" and rec["direction"]["sigma"] > 0
+  assert 0 <= rec["unconditioned"]["monotonic_logodds"] <= 1
+  with pytest.raises(ValueError, match="m_units"):
+    GT.edit(t, "size", "large", m_units="sigma")
   with pytest.raises(ValueError, match="unknown attribute 'brightness'"):
     GT.edit(t, "brightness", "high")
   with pytest.raises(ValueError, match="no value 'huge'"):

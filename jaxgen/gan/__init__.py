@@ -3,10 +3,11 @@
 Models live in `jaxgen.nn` (`DCGANGenerator`, `DCGANDiscriminator`, `StyleGenerator`,
 `StyleDiscriminator`); everything here is a pure function or a factory of one.
 """
-from jaxgen.gan.directions import (VoynovState, attribute_index, attribute_score,
-                                   conditional_direction, edit_latents, fit_linear_classifier,
+from jaxgen.gan.directions import (VoynovState, attribute_index, attribute_logodds,
+                                   attribute_score, conditional_direction, edit_latents, fit_linear_classifier,
                                    init_voynov, make_voynov_step, monotonic_fraction,
-                                   normalize_directions, select_confident, supervised_direction)
+                                   normalize_directions, projection_std, select_confident,
+                                   supervised_direction)
 from jaxgen.gan.latent import (group_mask, group_mean, interpolate, latent_arithmetic,
                                latents_from_seeds, lerp, parse_seeds, slerp, truncate)
 from jaxgen.gan.losses import (LOSSES, d_loss_hinge, d_loss_logistic, g_loss_hinge,
@@ -18,9 +19,9 @@ from jaxgen.gan.steps import (GANState, apply_model, generator_z_dim, make_d_ste
                               make_gan_step)
 
 __all__ = [
-    "VoynovState", "attribute_index", "attribute_score", "conditional_direction",
+    "VoynovState", "attribute_index", "attribute_logodds", "attribute_score", "conditional_direction",
     "edit_latents", "fit_linear_classifier", "init_voynov", "make_voynov_step",
-    "monotonic_fraction", "normalize_directions", "select_confident", "supervised_direction",
+    "monotonic_fraction", "normalize_directions", "projection_std", "select_confident", "supervised_direction",
     "group_mask", "group_mean", "interpolate", "latent_arithmetic", "latents_from_seeds", "lerp",
     "parse_seeds", "slerp", "truncate", "LOSSES", "d_loss_hinge", "d_loss_logistic",
     "g_loss_hinge", "g_loss_minimax", "g_loss_nonsaturating", "get_losses", "r1_penalty",

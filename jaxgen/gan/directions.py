@@ -22,10 +22,10 @@ import numpy as np
 import optax
 from flax import struct
 
-__all__ = ["attribute_index", "attribute_score", "select_confident", "fit_linear_classifier",
-           "supervised_direction", "conditional_direction", "edit_latents",
-           "monotonic_fraction", "normalize_directions", "VoynovState", "init_voynov",
-           "make_voynov_step"]
+__all__ = ["attribute_index", "attribute_score", "attribute_logodds", "select_confident",
+           "fit_linear_classifier", "supervised_direction", "conditional_direction",
+           "edit_latents", "projection_std", "monotonic_fraction", "normalize_directions",
+           "VoynovState", "init_voynov", "make_voynov_step"]
 
 
 def attribute_index(attributes: Mapping[str, Sequence[str]], name: str, value) -> int:
@@ -58,16 +58,65 @@ def attribute_score(probs, positive, negative=None):
     [N] scores (a logit for binary attributes).
   """
   probs = jnp.asarray(probs)
-  k = probs.shape[-1]
+  pos, neg = _class_masks(probs.shape[-1], positive, negative)
+  eps = 1e-6
+  return (jnp.log(probs @ pos.astype(probs.dtype) + eps)
+          - jnp.log(probs @ neg.astype(probs.dtype) + eps))
+
+
+def _class_masks(k: int, positive, negative):
   pos = np.zeros(k, bool)
   pos[np.atleast_1d(positive)] = True
   neg = ~pos if negative is None else np.isin(np.arange(k), np.atleast_1d(negative))
   if (pos & neg).any() or not pos.any() or not neg.any():
     raise ValueError(f"positive {positive!r} and negative {negative!r} classes must be "
                      f"non-empty and disjoint subsets of range({k}).")
-  eps = 1e-6
-  return (jnp.log(probs @ pos.astype(probs.dtype) + eps)
-          - jnp.log(probs @ neg.astype(probs.dtype) + eps))
+  return pos, neg
+
+
+def attribute_logodds(logits, positive, negative=None):
+  """Exact log-odds log P(positive) - log P(negative) from a classifier's logits.
+
+  With p = softmax(logits), log sum_{i in S} p_i = logsumexp(logits[S]) - logsumexp(logits),
+  so the normaliser cancels: the result is logsumexp(logits[pos]) - logsumexp(logits[neg]).
+  Unlike `attribute_score` on probabilities there is no epsilon and no float32 saturation
+  (p rounds to 1.0 once the logit margin exceeds ~17); for a binary attribute it is the
+  logit of P(positive), a strictly increasing function of it.
+
+  Args:
+    logits: [..., K] unnormalised class scores of one attribute.
+    positive: class index or sequence of indices.
+    negative: class index / sequence, or None for the complement of `positive`.
+
+  Returns:
+    [...] log-odds.
+  """
+  logits = jnp.asarray(logits, jnp.float32)
+  pos, neg = _class_masks(logits.shape[-1], positive, negative)
+  shape = (1,) * (logits.ndim - 1) + (-1,)  # explicit broadcast (rank promotion may raise)
+  return (jax.nn.logsumexp(jnp.where(pos.reshape(shape), logits, -jnp.inf), axis=-1)
+          - jax.nn.logsumexp(jnp.where(neg.reshape(shape), logits, -jnp.inf), axis=-1))
+
+
+def projection_std(latents, direction) -> float:
+  """Standard deviation of the latents' coordinate along a unit ``direction``: std(x . n).
+
+  InterFaceGAN's edit z + m n has m in units of this spread, since for z ~ N(0, I) and a unit
+  n, z . n ~ N(0, 1). In W the spread along n is whatever the mapping network made it, so an
+  edit with the same meaning is w + m * projection_std(w, n) * n.
+
+  Args:
+    latents: [N, D] samples of the latent distribution (e.g. mapped w).
+    direction: [D] unit vector.
+
+  Returns:
+    The (population) standard deviation of latents @ direction, a Python float.
+  """
+  x = np.asarray(latents, np.float64)
+  n = np.asarray(direction, np.float64)
+  if x.ndim != 2 or n.shape != (x.shape[1],):
+    raise ValueError(f"need latents [N, D] and direction [D], got {x.shape} and {n.shape}.")
+  return float(np.std(x @ n))
 
 
 def select_confident(scores, fraction: float):
