@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${JAXGEN_VENV:-.venv}"
 PY="${PYTHON:-python3}"
+# XLA:CPU allocates its temporary buffers afresh on every call, and with 4 KiB pages the page
+# faults cost up to half of a training step here; glibc's malloc with transparent huge pages
+# cuts them ~100-fold (docs/performance.md). Ignored where glibc or the kernel lack it.
+export GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}"
 
 setup() {  # $1: pip extras ("" or "[test]")
   if [ ! -x "$VENV/bin/python" ]; then

@@ -83,7 +83,8 @@ def run_config(name: str, repeats: int, parts=("forward", "ddim20", "train")) ->
     tmodel.save_pretrained(d, safe_serialization=True)
     model, params = load_diffusers_unet2d(d)
   out = {"config": name, "params": int(sum(p.numel() for p in tmodel.parameters())),
-         "torch_threads": torch.get_num_threads(), "jax_devices": jax.device_count()}
+         "torch_threads": torch.get_num_threads(), "jax_devices": jax.device_count(),
+         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
 
   # --- forward, batch 16
   B = 16
