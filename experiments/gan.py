@@ -35,7 +35,7 @@ from jaxgen import parallel
 from jaxgen.nn import StyleDiscriminator, StyleGenerator
 from jaxgen.nn.gan import dcgan_from_dict
 from jaxgen.nn.stylegan import stylegan_config_from_dict
-from jaxgen.training import make_manager, restore_arrays, restore_latest, save
+from jaxgen.training import restore_arrays, save
 
 log = logging.getLogger(__name__)
 
@@ -198,13 +198,8 @@ def train(config: Config, workdir: str) -> dict:
   state = gan.GANState.create(generator, discriminator, init_key, g_tx=g_tx, d_tx=d_tx)
   state = parallel.replicate(state, mesh)
   loader = jdata.Loader(source, config.data.batch_size, seed=config.seed)
-  manager = make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=tc.max_to_keep)
-  restored = restore_latest(manager, state)
-  resumed_from = None
-  if restored is not None:
-    state, data_state, resumed_from = restored
-    if data_state is not None:
-      loader.set_state(data_state)
+  manager, state, resumed_from = common.restore_or_start(workdir, state, loader,
+                                                        max_to_keep=tc.max_to_keep)
   step_fn = jax.jit(gan.make_gan_step(loss=opts["loss"], r1_gamma=opts["r1_gamma"],
                                       ema_decay=tc.ema_decay, ema_warmup=tc.ema_warmup),
                     donate_argnums=0)

@@ -96,9 +96,13 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape, tab
 
   def body(x, inputs):
     i, t, t_prev = inputs[:3]
-    z = inputs[3] if noise is not None else jax.random.normal(
-        jax.random.fold_in(step_key, i), shape, x.dtype)
-    x = jax.lax.cond(t >= 0, lambda: step(x, t, t_prev, z), lambda: x)
+
+    def live():  # the noise is drawn inside the branch: padded entries cost nothing
+      z = inputs[3] if noise is not None else jax.random.normal(
+          jax.random.fold_in(step_key, i), shape, x.dtype)
+      return step(x, t, t_prev, z)
+
+    x = jax.lax.cond(t >= 0, live, lambda: x)
     return x, (x if return_trajectory else None)
 
   idx = jnp.arange(table.shape[0], dtype=jnp.int32)
