@@ -42,8 +42,8 @@ from jaxgen import metrics as M
 from jaxgen.data.shapes import SHAPES_ATTRIBUTES, SHAPES_SPLITS, make_shapes
 from jaxgen.nn.noisy_classifier import (NoisyClassifier, NoisyClassifierConfig,
                                         init_noisy_classifier, noisy_classifier_param_shapes)
-from jaxgen.training import (TrainState, make_classifier_train_step, make_manager,
-                             make_optimizer, restore_arrays, restore_latest, save)
+from jaxgen.training import (TrainState, make_classifier_train_step, make_optimizer,
+                             restore_arrays, save)
 
 GUIDANCE = ("cfg", "classifier", "negative")
 CONDITIONS = ("label", "shapes_words")
@@ -193,12 +193,7 @@ def train_noisy_classifier(config: Config, workdir: str) -> dict:
   state = _classifier_state(model, init_noisy_classifier(model, jax.random.fold_in(key, 0)),
                             topts["learning_rate"], topts["warmup_steps"], n)
   loader = jdata.Loader(source, topts["batch_size"], seed=config.seed + 1)
-  manager = make_manager(os.path.join(path, "checkpoints"), max_to_keep=1)
-  restored = restore_latest(manager, state)
-  if restored is not None:
-    state, data_state, _ = restored
-    if data_state is not None:
-      loader.set_state(data_state)
+  manager, state, _ = common.restore_or_start(path, state, loader, max_to_keep=1)
   step_fn = jax.jit(make_classifier_train_step(model, schedule, ema_decay=topts["ema_decay"]),
                     donate_argnums=0)
   start, t0, it = int(state.step), time.perf_counter(), iter(loader)
