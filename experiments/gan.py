@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 DEFAULT_OPTIONS = {
     "loss": "nonsaturating",     # 'minimax', 'nonsaturating' or 'hinge'
     "r1_gamma": 0.0,             # R1 weight gamma (0: off)
+    "pl_weight": 0.0,            # path-length regulariser weight (0: off; stylegan only)
+    "pl_interval": 1,            # ... applied every this many steps (see make_gan_step)
     "g_learning_rate": 2e-4,
     "d_learning_rate": 2e-4,
     "beta1": 0.5,
@@ -63,7 +65,12 @@ def options(config: Config) -> dict:
   if unknown:
     raise ValueError(f"unknown GAN options {sorted(unknown)}; expected some of "
                      f"{sorted(DEFAULT_OPTIONS)}.")
-  return {**DEFAULT_OPTIONS, **config.options}
+  opts = {**DEFAULT_OPTIONS, **config.options}
+  if opts["pl_weight"] and config.model.get("arch") != "stylegan":
+    raise ValueError(f"options.pl_weight={opts['pl_weight']} needs model.arch='stylegan' (the "
+                     f"path-length regulariser differentiates the synthesis w.r.t. w), got "
+                     f"{config.model.get('arch')!r}.")
+  return opts
 
 
 def build_models(config: Config, image_shape):
@@ -195,13 +202,16 @@ def train(config: Config, workdir: str) -> dict:
   root = jax.random.key(config.seed)
   init_key, train_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
   g_tx, d_tx = _optimizers(opts)
-  state = gan.GANState.create(generator, discriminator, init_key, g_tx=g_tx, d_tx=d_tx)
+  state = gan.GANState.create(generator, discriminator, init_key, g_tx=g_tx, d_tx=d_tx,
+                              path_length=opts["pl_weight"] > 0)
   state = parallel.replicate(state, mesh)
   loader = jdata.Loader(source, config.data.batch_size, seed=config.seed)
   manager, state, resumed_from = common.restore_or_start(workdir, state, loader,
                                                         max_to_keep=tc.max_to_keep)
   step_fn = jax.jit(gan.make_gan_step(loss=opts["loss"], r1_gamma=opts["r1_gamma"],
-                                      ema_decay=tc.ema_decay, ema_warmup=tc.ema_warmup),
+                                      ema_decay=tc.ema_decay, ema_warmup=tc.ema_warmup,
+                                      pl_weight=opts["pl_weight"],
+                                      pl_interval=opts["pl_interval"]),
                     donate_argnums=0)
   generate = make_generate_fn(generator)
 
@@ -300,9 +310,11 @@ def load_trained(workdir: str):
   config = common.load_workdir_config(workdir)
   source = common.build_source(config, "train")
   generator, discriminator = build_models(config, source.image_shape)
-  g_tx, d_tx = _optimizers(options(config))
+  opts = options(config)
+  g_tx, d_tx = _optimizers(opts)
   abstract = jax.eval_shape(lambda k: gan.GANState.create(
-      generator, discriminator, k, g_tx=g_tx, d_tx=d_tx).arrays(), jax.random.key(0))
+      generator, discriminator, k, g_tx=g_tx, d_tx=d_tx,
+      path_length=opts["pl_weight"] > 0).arrays(), jax.random.key(0))
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
   state = gan.GANState(**zeros, g_apply=generator.apply, d_apply=discriminator.apply,
                        g_tx=g_tx, d_tx=d_tx, z_dim=gan.generator_z_dim(generator))

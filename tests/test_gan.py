@@ -13,7 +13,7 @@ from jaxgen import gan
 from jaxgen.data import SHAPES_ATTRIBUTES
 from jaxgen.nn import (DCGANDiscriminator, DCGANGenerator, DirectionReconstructor,
                        StyleDiscriminator, StyleGANConfig, StyleGenerator)
-from jaxgen.nn.stylegan import ModulatedConv
+from jaxgen.nn.stylegan import ModulatedConv, mix_styles
 
 SG = StyleGANConfig(image_size=8, channels=3, z_dim=8, w_dim=8, mapping_layers=2,
                     channel_base=64, channel_max=8)
@@ -407,6 +407,8 @@ def test_runner_trains_samples_by_seed_and_evaluates(style_run):
   lines = [json.loads(l) for l in open(os.path.join(style_run, "metrics.jsonl"))]
   assert [l["step"] for l in lines if "fid" in l] == [2, 4]
   assert all(np.isfinite(l["d_loss"]) for l in lines if "d_loss" in l)
+  # The config's path-length regulariser ran (every step) and its running mean is saved.
+  assert all(np.isfinite(l["pl_penalty"]) and l["pl_mean"] > 0 for l in lines if "d_loss" in l)
   a = np.load(G.sample(style_run, num=3, seed=5)[:-4] + ".npz")
   b = np.load(G.sample(style_run, num=1, seed=6)[:-4] + ".npz")
   assert a["images"].shape == (3, 16, 16, 3) and list(a["seeds"]) == [5, 6, 7]
@@ -446,6 +448,21 @@ def test_tools_interpolate_invert_edit_and_errors(style_run):
     GT.parse_expression("large purple circle", t.attributes)
 
 
+def test_acceptance_protocol_writes_every_row(style_run):
+  import json
+  import os
+  from experiments import gan_acceptance
+  rows = gan_acceptance.run(style_run, num_latents=64, num_eval=4)
+  assert len(rows) == 2 * len(gan_acceptance.DIRECTIONS)
+  for r in rows:
+    for k in ("monotonic_logodds", "changes", "stays", "both"):
+      assert 0 <= r[k] <= 1, (r, k)
+    assert r["both"] <= min(r["changes"], r["stays"])
+  saved = json.load(open(os.path.join(style_run, "edits", "acceptance.json")))
+  assert saved["rows"] == json.loads(json.dumps(rows)) and saved["checkpoint_step"] == 4
+  assert gan_acceptance.table(rows).count("\n") == len(rows) + 1
+
+
 def test_configs_build():
   from experiments import gan as G
   from experiments.config import load_config
@@ -461,3 +478,113 @@ def test_configs_build():
   config = load_config("experiments/configs/dcgan_digits.py:smoke", ["options.loss='wgan'"])
   with pytest.raises(ValueError, match="unknown GAN loss 'wgan'"):
     G.train(config, "/tmp/never-created-gan-workdir")
+  config = load_config("experiments/configs/dcgan_digits.py:smoke", ["options.pl_weight=2.0"])
+  with pytest.raises(ValueError, match="needs model.arch='stylegan'"):
+    G.train(config, "/tmp/never-created-gan-workdir")
+
+
+# --- path-length regularisation and style mixing ----------------------------------------
+
+SG_REG = StyleGANConfig(image_size=8, channels=3, z_dim=8, w_dim=8, mapping_layers=2,
+                        channel_base=64, channel_max=8, style_mixing_prob=1.0)
+
+
+def test_path_lengths_equal_the_jacobian_formula(key):
+  """||J^T y|| from the vjp equals the explicit Jacobian contracted with the same y."""
+  g = StyleGenerator(SG)
+  variables = g.init({"params": key, "noise": key}, jnp.zeros((2, SG.z_dim)))
+  ws = jax.random.normal(jax.random.key(3), (2, SG.num_ws, SG.w_dim))
+  synth = lambda v: g.apply(variables, v, method="synthesis")  # const noise: deterministic
+  y_key = jax.random.key(4)
+  lengths = np.asarray(jax.jit(lambda v: gan.path_lengths(synth, v, y_key))(ws))
+  img_shape = (2, 8, 8, 3)
+  y = np.asarray(jax.random.normal(y_key, img_shape), np.float64) / 8.0
+  jac = np.asarray(jax.jit(jax.jacrev(synth))(ws), np.float64)  # [2, 8, 8, 3, 2, L, D]
+  for b in range(2):  # examples do not interact: only the diagonal blocks are non-zero
+    jt_y = np.einsum("hwc,hwcld->ld", y[b], jac[b, :, :, :, b])
+    expected = np.sqrt(np.mean(np.sum(jt_y ** 2, -1)))
+    np.testing.assert_allclose(lengths[b], expected, rtol=1e-4)
+  assert np.abs(jac[0, :, :, :, 1]).max() == 0
+
+
+def test_mix_styles_takes_w2_from_the_cutoff_on():
+  b, num_ws = 256, 6
+  w1 = jnp.broadcast_to(jnp.arange(b, dtype=jnp.float32)[:, None], (b, 4))
+  w2 = -1.0 - w1
+  for prob, expect_mixed in ((0.0, 0.0), (1.0, 1.0), (0.5, 0.5)):
+    ws = np.asarray(mix_styles(w1, w2, jax.random.key(1), num_ws, prob))
+    from_w2 = ws[..., 0] < 0  # [B, L]
+    assert not from_w2[:, 0].any()  # layer 0 always keeps w1 (cutoff >= 1)
+    # Once a layer takes w2, every later layer does (one cutoff per sample).
+    assert (np.diff(from_w2.astype(int), axis=1) >= 0).all()
+    mixed = from_w2.any(1).mean()
+    assert abs(mixed - expect_mixed) < 0.1, (prob, mixed)
+  cutoffs = num_ws - from_w2.sum(1)[from_w2.any(1)]
+  assert set(cutoffs.tolist()) == set(range(1, num_ws))  # every cutoff in [1, L) occurs
+
+
+@pytest.fixture(scope="module")
+def style_pl_state():
+  g, d = StyleGenerator(SG_REG), StyleDiscriminator(SG_REG)
+  tx = optax.adam(1e-3, b1=0.0, b2=0.99)
+  return gan.GANState.create(g, d, jax.random.key(0), g_tx=tx, d_tx=tx, path_length=True)
+
+
+def test_pl_step_penalty_and_running_mean(style_pl_state):
+  """pl_mean moves by pl_decay towards the batch's mean length; the penalty is the mean
+  squared deviation from the updated mean, recomputed here from the same draws."""
+  state = style_pl_state
+  step = jax.jit(gan.make_pl_step(pl_weight=2.0, pl_decay=0.25, batch_shrink=2))
+  batch = {"image": jnp.zeros((4, 8, 8, 3))}
+  key = jax.random.key(7)
+  new, m = step(state, batch, key)
+
+  @jax.jit
+  def reference(state):
+    z_key, noise_key, y_key = jax.random.split(key, 3)
+    z = jax.random.normal(z_key, (2, SG_REG.z_dim))
+    variables = state.generator_variables(ema=False)
+    w = state.g_apply(variables, z, method="mapping")
+    ws = jnp.broadcast_to(w[:, None], (2, SG_REG.num_ws, SG_REG.w_dim))
+    return gan.path_lengths(lambda v: state.g_apply(variables, v, None, "random",
+                                                     method="synthesis",
+                                                     rngs={"noise": noise_key}), ws, y_key)
+
+  lengths = np.asarray(reference(state), np.float64)
+  mean = 0.0 + 0.25 * (lengths.mean() - 0.0)
+  np.testing.assert_allclose(float(m["pl_mean"]), mean, rtol=1e-5)
+  np.testing.assert_allclose(float(m["pl_penalty"]), np.mean((lengths - mean) ** 2), rtol=1e-4)
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new.g_params, state.g_params)
+  assert max(jax.tree.leaves(moved)) > 0
+  assert "pl_mean" in new.arrays()
+
+
+def test_gan_step_with_pl_and_mixing_compiles_once(style_pl_state):
+  traces = []
+
+  def counted(s, b, k):
+    traces.append(1)
+    return gan.make_gan_step(r1_gamma=0.1, pl_weight=2.0)(s, b, k)
+
+  step = jax.jit(counted)
+  s = style_pl_state
+  for i in range(2):
+    batch = {"image": jax.random.uniform(jax.random.key(20 + i), (4, 8, 8, 3), minval=-1.0,
+                                         maxval=1.0)}
+    s, metrics = step(s, batch, jax.random.key(i))
+  assert len(traces) == 1 and int(s.step) == 2
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  assert float(s.pl_mean) > 0
+
+
+def test_pl_needs_a_style_generator_and_its_state(dcgan_state, style_pl_state):
+  _, state = dcgan_state
+  batch = {"image": jnp.zeros((4, 8, 8, 1))}
+  with pytest.raises(ValueError, match="path_length=True"):
+    gan.make_pl_step()(state, batch, jax.random.key(0))
+  with pytest.raises(ValueError, match="style-based generator"):
+    gan.make_pl_step()(state.replace(pl_mean=jnp.zeros(())), batch, jax.random.key(0))
+  with pytest.raises(ValueError, match="pl_interval"):
+    gan.make_gan_step(pl_weight=1.0, pl_interval=0)
+  with pytest.raises(ValueError, match="style_mixing_prob"):
+    StyleGANConfig(style_mixing_prob=1.5)

@@ -4,28 +4,31 @@ Models live in `jaxgen.nn` (`DCGANGenerator`, `DCGANDiscriminator`, `StyleGenera
 `StyleDiscriminator`); everything here is a pure function or a factory of one.
 """
 from jaxgen.gan.directions import (VoynovState, attribute_index, attribute_logodds,
-                                   attribute_score, conditional_direction, edit_latents, fit_linear_classifier,
-                                   init_voynov, make_voynov_step, monotonic_fraction,
-                                   normalize_directions, projection_std, select_confident,
-                                   supervised_direction)
+                                   attribute_score, conditional_direction, edit_latents,
+                                   fit_linear_classifier, init_voynov, make_voynov_step,
+                                   monotonic_fraction, normalize_directions, projection_std,
+                                   select_confident, supervised_direction)
 from jaxgen.gan.latent import (group_mask, group_mean, interpolate, latent_arithmetic,
                                latents_from_seeds, lerp, parse_seeds, slerp, truncate)
 from jaxgen.gan.losses import (LOSSES, d_loss_hinge, d_loss_logistic, g_loss_hinge,
-                               g_loss_minimax, g_loss_nonsaturating, get_losses, r1_penalty)
+                               g_loss_minimax, g_loss_nonsaturating, get_losses, path_lengths,
+                               r1_penalty)
 from jaxgen.gan.projector import (ProjectionResult, classifier_feature_fn, make_projector,
                                   noise_regularization, projector_learning_rate,
                                   projector_w_noise_scale, w_statistics)
 from jaxgen.gan.steps import (GANState, apply_model, generator_z_dim, make_d_step, make_g_step,
-                              make_gan_step)
+                              make_gan_step, make_pl_step)
 
 __all__ = [
-    "VoynovState", "attribute_index", "attribute_logodds", "attribute_score", "conditional_direction",
-    "edit_latents", "fit_linear_classifier", "init_voynov", "make_voynov_step",
-    "monotonic_fraction", "normalize_directions", "projection_std", "select_confident", "supervised_direction",
+    "VoynovState", "attribute_index", "attribute_logodds", "attribute_score",
+    "conditional_direction", "edit_latents", "fit_linear_classifier", "init_voynov",
+    "make_voynov_step", "monotonic_fraction", "normalize_directions", "projection_std",
+    "select_confident", "supervised_direction",
     "group_mask", "group_mean", "interpolate", "latent_arithmetic", "latents_from_seeds", "lerp",
     "parse_seeds", "slerp", "truncate", "LOSSES", "d_loss_hinge", "d_loss_logistic",
-    "g_loss_hinge", "g_loss_minimax", "g_loss_nonsaturating", "get_losses", "r1_penalty",
-    "ProjectionResult", "classifier_feature_fn", "make_projector", "noise_regularization",
-    "projector_learning_rate", "projector_w_noise_scale", "w_statistics", "GANState",
-    "apply_model", "generator_z_dim", "make_d_step", "make_g_step", "make_gan_step",
+    "g_loss_hinge", "g_loss_minimax", "g_loss_nonsaturating", "get_losses", "path_lengths",
+    "r1_penalty", "ProjectionResult", "classifier_feature_fn", "make_projector",
+    "noise_regularization", "projector_learning_rate", "projector_w_noise_scale", "w_statistics",
+    "GANState", "apply_model", "generator_z_dim", "make_d_step", "make_g_step", "make_gan_step",
+    "make_pl_step",
 ]

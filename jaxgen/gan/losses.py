@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["d_loss_logistic", "g_loss_minimax", "g_loss_nonsaturating", "d_loss_hinge",
-           "g_loss_hinge", "r1_penalty", "LOSSES", "get_losses"]
+           "g_loss_hinge", "r1_penalty", "path_lengths", "LOSSES", "get_losses"]
 
 
 def d_loss_logistic(real_logits, fake_logits):
@@ -90,6 +90,31 @@ def r1_penalty(logit_fn: Callable[[jax.Array], jax.Array], images) -> jax.Array:
   """
   grads = jax.grad(lambda x: jnp.sum(logit_fn(x)))(images)
   return jnp.sum(jnp.square(grads).reshape(grads.shape[0], -1), axis=1)
+
+
+def path_lengths(synthesis_fn: Callable[[jax.Array], jax.Array], ws, key) -> jax.Array:
+  """||J_w^T y|| per sample, the quantity of the path-length regulariser (Karras et al. 2020,
+  "Analyzing and Improving the Image Quality of StyleGAN", eq. 4).
+
+  J_w is the Jacobian of the synthesis at ``ws`` and y ~ N(0, I) / sqrt(H W) an image-sized
+  random direction (the 1 / sqrt(H W) makes the length independent of the resolution, as in
+  the paper's implementation). With one w per layer the squared gradient is summed over w_dim
+  and averaged over the layers before the square root. The regulariser is
+  E[(||J_w^T y|| - a)^2] with a an exponential moving average of the lengths.
+
+  Args:
+    synthesis_fn: ws [B, L, D] -> images [B, H, W, C]; examples must not interact.
+    ws: [B, L, D] latents.
+    key: PRNG key of y.
+
+  Returns:
+    [B] lengths (differentiable with respect to anything `synthesis_fn` closes over).
+  """
+  images, vjp = jax.vjp(synthesis_fn, ws)
+  h, w = images.shape[1:3]
+  y = jax.random.normal(key, images.shape, images.dtype) / jnp.sqrt(jnp.float32(h * w))
+  (grads,) = vjp(y)
+  return jnp.sqrt(jnp.mean(jnp.sum(jnp.square(grads), axis=-1), axis=-1))
 
 
 # name -> (d_loss(real_logits, fake_logits) -> [B], g_loss(fake_logits) -> [B])

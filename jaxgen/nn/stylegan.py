@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["StyleGANConfig", "StyleGenerator", "StyleDiscriminator", "EqualDense",
-           "EqualConv", "check_truncation_psi"]
+__all__ = ["StyleGANConfig", "mix_styles", "StyleGenerator", "StyleDiscriminator",
+           "EqualDense", "EqualConv", "check_truncation_psi"]
 
 _SQRT2 = math.sqrt(2.0)
 NOISE_MODES = ("const", "random", "none")
@@ -56,6 +56,27 @@ def check_truncation_psi(psi) -> None:
                      f"got {psi!r}.")
 
 
+def mix_styles(w1, w2, key, num_ws: int, prob: float):
+  """Style mixing (Karras et al. 2019, sec. 3.1): per sample, with probability `prob` the
+  layers from a cutoff drawn uniformly in [1, num_ws) on take w2, the others w1.
+
+  Args:
+    w1, w2: [B, w_dim].
+    key: PRNG key of the cutoffs and the coin flips.
+    num_ws: layers L.
+    prob: mixing probability in [0, 1].
+
+  Returns:
+    ws [B, L, w_dim].
+  """
+  cut_key, coin_key = jax.random.split(key)
+  b = w1.shape[0]
+  cutoff = jax.random.randint(cut_key, (b,), 1, max(num_ws, 2))
+  cutoff = jnp.where(jax.random.uniform(coin_key, (b,)) < prob, cutoff, num_ws)
+  late = jnp.arange(num_ws)[None, :, None] >= cutoff[:, None, None]
+  return jnp.where(late, w2[:, None], w1[:, None])
+
+
 @dataclasses.dataclass(frozen=True)
 class StyleGANConfig:
   """Architecture of `StyleGenerator` / `StyleDiscriminator`.
@@ -70,6 +91,9 @@ class StyleGANConfig:
     mapping_lr_multiplier: learning-rate multiplier of the mapping network.
     w_avg_beta: w_avg <- w_avg + (1 - beta) (mean(w) - w_avg) at each training call.
     mbstd_group_size: group size of the minibatch-stddev layer (largest divisor of B used).
+    style_mixing_prob: in training calls, the probability that a sample's layers from a
+      random cutoff on take the w of a second random z (style-mixing regularisation, Karras
+      et al. 2019 sec. 3.1; 0.9 in their FFHQ setting, 0 = off).
   """
   image_size: int = 16
   channels: int = 3
@@ -81,6 +105,7 @@ class StyleGANConfig:
   mapping_lr_multiplier: float = 0.01
   w_avg_beta: float = 0.995
   mbstd_group_size: int = 4
+  style_mixing_prob: float = 0.0
 
   def __post_init__(self):
     s = self.image_size
@@ -91,6 +116,9 @@ class StyleGANConfig:
     for name in ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max"):
       if int(getattr(self, name)) < 1:
         raise ValueError(f"StyleGANConfig.{name} must be >= 1, got {getattr(self, name)!r}.")
+    if not 0.0 <= self.style_mixing_prob <= 1.0:
+      raise ValueError(f"StyleGANConfig.style_mixing_prob must be in [0, 1], got "
+                       f"{self.style_mixing_prob!r}.")
 
   @property
   def resolutions(self) -> tuple[int, ...]:
@@ -285,8 +313,9 @@ class StyleGenerator(nn.Module):
     ``__call__(z, truncation_psi=1., noise_mode='const', train=False)`` -> [B, S, S, C];
     ``mapping(z, truncation_psi=1., train=False)`` -> w [B, w_dim];
     ``synthesis(ws, noise=None, noise_mode='const')`` -> [B, S, S, C].
-  With ``train=True`` the mapping updates ``w_avg`` (apply with ``mutable=['buffers']``) and
-  the noise is random (rng 'noise').
+  With ``train=True`` the mapping updates ``w_avg`` (apply with ``mutable=['buffers']``), the
+  noise is random (rng 'noise') and, if ``config.style_mixing_prob > 0``, `mix_styles` mixes
+  in the w of a second z drawn from the same rng.
   """
   config: StyleGANConfig
 
@@ -320,7 +349,12 @@ class StyleGenerator(nn.Module):
   def __call__(self, z, truncation_psi=1.0, noise_mode: str | None = None,
                train: bool = False):
     w = self.mapping(z, truncation_psi, train)
-    ws = jnp.broadcast_to(w[:, None], (w.shape[0], self.config.num_ws, w.shape[-1]))
+    c = self.config
+    ws = jnp.broadcast_to(w[:, None], (w.shape[0], c.num_ws, w.shape[-1]))
+    if train and c.style_mixing_prob > 0 and c.num_ws > 1 and not self.is_initializing():
+      z_key, mix_key = jax.random.split(self.make_rng("noise"))
+      w2 = self.mapping(jax.random.normal(z_key, z.shape, z.dtype), truncation_psi)
+      ws = mix_styles(w, w2, mix_key, c.num_ws, c.style_mixing_prob)
     mode = noise_mode or ("random" if train else "const")
     return self.synthesis(ws, None, mode)
 
