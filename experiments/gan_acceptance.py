@@ -43,11 +43,14 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
         seed: int = 0) -> list[dict]:
   """Runs every entry of `DIRECTIONS`; returns one row per (direction, conditioned or not)."""
   t = gan_tools.Trained.load(workdir)
+  # One labelled set serves every direction (each edit would otherwise relabel the same one).
+  labelled = gan_tools.edit_labels(t, num_latents, space=space, seed=seed)
   rows = []
   for label, attribute, positive, negative, condition in DIRECTIONS:
     start = time.perf_counter()
     path = gan_tools.edit(t, attribute, positive, negative, conditions=(condition,),
-                          space=space, num_latents=num_latents, num_eval=num_eval, seed=seed)
+                          space=space, num_latents=num_latents, num_eval=num_eval, seed=seed,
+                          labelled=labelled)
     with open(path[:-4] + ".json") as f:
       record = json.load(f)
     for kind in ("unconditioned", "conditioned"):

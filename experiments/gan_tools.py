@@ -220,16 +220,24 @@ def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positiv
   return out, logodds
 
 
+def edit_labels(t: Trained, num_latents: int, *, space: str, seed: int = 0) -> tuple:
+  """The labelled set `edit` fits its directions on for `seed`: (latents, logits)."""
+  return label_latents(t, num_latents, space=space,
+                       key=jax.random.fold_in(jax.random.key(seed), 0))
+
+
 def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
          space: str = "z", seeds=tuple(range(8)), max_m: float = 3.0, num_m: int = 7,
          num_latents: int = 5000, num_eval: int = 200, fraction: float = 0.1,
-         m_units: str = "std", l2: float = 1e-2, seed: int = 0) -> str:
+         m_units: str = "std", l2: float = 1e-2, seed: int = 0, labelled=None) -> str:
   """Fits the direction (and the conditional one if `conditions`) on one labelled set,
   measures it on `num_eval` fresh random latents over 13 m in [-max_m, max_m] and draws
   edits of `seeds` (rows).
 
   m_units: 'std' (default) edits latent + m * sigma * n with sigma the std of the latents
   along n (InterFaceGAN's m: in Z, sigma = 1 for a unit n); 'unit' edits latent + m * n.
+  labelled: the labelled set to reuse across several edits, as returned by
+  ``edit_labels(t, num_latents, space=space, seed=seed)`` (None: computed here).
   """
   if m_units not in ("std", "unit"):
     raise ValueError(f"m_units must be 'std' or 'unit', got {m_units!r}.")
@@ -237,7 +245,11 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   for c in conditions:
     gan.attribute_index(t.attributes, c, 0)
   key = jax.random.key(seed)
-  labelled = label_latents(t, num_latents, space=space, key=jax.random.fold_in(key, 0))
+  if labelled is None:
+    labelled = edit_labels(t, num_latents, space=space, seed=seed)
+  elif labelled[0].shape != (num_latents, t.z_dim if space == "z" else t.generator.config.w_dim):
+    raise ValueError(f"labelled latents must be [{num_latents}, latent size] of space "
+                     f"{space!r} (from edit_labels), got {labelled[0].shape}.")
   n, info = fit_direction(t, attribute, positive, negative, space=space, fraction=fraction,
                           l2=l2, labelled=labelled)
   record = {"direction": info, "max_m": max_m, "num_eval": num_eval, "m_units": m_units,

@@ -451,7 +451,7 @@ def test_tools_interpolate_invert_edit_and_errors(style_run):
 def test_acceptance_protocol_writes_every_row(style_run):
   import json
   import os
-  from experiments import gan_acceptance
+  from experiments import gan_acceptance, gan_tools
   rows = gan_acceptance.run(style_run, num_latents=64, num_eval=4)
   assert len(rows) == 2 * len(gan_acceptance.DIRECTIONS)
   for r in rows:
@@ -461,6 +461,17 @@ def test_acceptance_protocol_writes_every_row(style_run):
   saved = json.load(open(os.path.join(style_run, "edits", "acceptance.json")))
   assert saved["rows"] == json.loads(json.dumps(rows)) and saved["checkpoint_step"] == 4
   assert gan_acceptance.table(rows).count("\n") == len(rows) + 1
+  # The shared labelled set is the one a standalone edit draws for the same seed.
+  _, attribute, positive, negative, condition = gan_acceptance.DIRECTIONS[0]
+  path = gan_tools.edit(gan_tools.Trained.load(style_run), attribute, positive, negative,
+                        conditions=(condition,), space="w", num_latents=64, num_eval=4)
+  alone = json.load(open(path[:-4] + ".json"))["conditioned"]
+  assert alone["monotonic_logodds"] == rows[1]["monotonic_logodds"]
+  assert alone[f"changes_and_{condition}_stays_fraction"] == rows[1]["both"]
+  t = gan_tools.Trained.load(style_run)
+  with pytest.raises(ValueError, match="labelled latents must be"):
+    gan_tools.edit(t, "size", "large", space="w", num_latents=64,
+                   labelled=gan_tools.edit_labels(t, 32, space="w"))
 
 
 def test_configs_build():
@@ -521,6 +532,8 @@ def test_mix_styles_takes_w2_from_the_cutoff_on():
     assert abs(mixed - expect_mixed) < 0.1, (prob, mixed)
   cutoffs = num_ws - from_w2.sum(1)[from_w2.any(1)]
   assert set(cutoffs.tolist()) == set(range(1, num_ws))  # every cutoff in [1, L) occurs
+  with pytest.raises(ValueError, match="at least 2 layers"):
+    mix_styles(w1, w2, jax.random.key(1), 1, 0.5)
 
 
 @pytest.fixture(scope="module")

@@ -69,9 +69,11 @@ def mix_styles(w1, w2, key, num_ws: int, prob: float):
   Returns:
     ws [B, L, w_dim].
   """
+  if num_ws < 2:
+    raise ValueError(f"style mixing needs at least 2 layers of w, got num_ws={num_ws}.")
   cut_key, coin_key = jax.random.split(key)
   b = w1.shape[0]
-  cutoff = jax.random.randint(cut_key, (b,), 1, max(num_ws, 2))
+  cutoff = jax.random.randint(cut_key, (b,), 1, num_ws)
   cutoff = jnp.where(jax.random.uniform(coin_key, (b,)) < prob, cutoff, num_ws)
   late = jnp.arange(num_ws)[None, :, None] >= cutoff[:, None, None]
   return jnp.where(late, w2[:, None], w1[:, None])
@@ -351,7 +353,7 @@ class StyleGenerator(nn.Module):
     w = self.mapping(z, truncation_psi, train)
     c = self.config
     ws = jnp.broadcast_to(w[:, None], (w.shape[0], c.num_ws, w.shape[-1]))
-    if train and c.style_mixing_prob > 0 and c.num_ws > 1 and not self.is_initializing():
+    if train and c.style_mixing_prob > 0 and not self.is_initializing():
       z_key, mix_key = jax.random.split(self.make_rng("noise"))
       w2 = self.mapping(jax.random.normal(z_key, z.shape, z.dtype), truncation_psi)
       ws = mix_styles(w, w2, mix_key, c.num_ws, c.style_mixing_prob)
