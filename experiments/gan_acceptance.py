@@ -11,9 +11,15 @@ m in linspace(-3, 3, 13) (m in standard deviations of the latents along n) and m
 
 - monotonic: the exact log-odds of positive vs negative values (from the logits) never
   decreases from one m to the next (no tolerance);
+- P rises & flips: P(positive) never decreases by more than a tolerance (0, 0.001, 0.01)
+  AND the predicted class goes from a negative value at m = -3 to a positive one at +3 (so a
+  saturated P that never moves does not count);
 - changes: the predicted class of the target attribute differs between m = -3 and +3;
 - stays: the conditioned attribute's predicted class equals its m = 0 class at every m;
 - both: changes and stays.
+
+Rows marked [fine] / [coarse] edit only those W+ layers (`gan_tools.edit(layers=)`); the
+direction is the same one fitted on w.
 
 Writes ``WORKDIR/edits/acceptance.json`` (every record) and prints a markdown table; the
 edit grids are the usual ``WORKDIR/edits/edit_*.png``.
@@ -28,15 +34,29 @@ import time
 
 from experiments import gan_tools
 
-# (label, attribute, positive, negative, condition)
+# (label, attribute, positive, negative, condition, layers): layers None edits w on every
+# layer; "fine" edits only the last block's conv + toRGB w (the finest styles: colour,
+# Karras et al. 2019 sec. 3.1), "coarse" only the 4x4 conv and the next one (geometry).
 DIRECTIONS = (
-    ("size large vs small", "size", ["large"], None, "color"),
-    ("size large vs small", "size", ["large"], None, "position"),
-    ("colour red vs blue", "color", ["red"], ["blue"], "position"),
-    ("colour red vs blue", "color", ["red"], ["blue"], "size"),
+    ("size large vs small", "size", ["large"], None, "color", None),
+    ("size large vs small", "size", ["large"], None, "position", None),
+    ("colour red vs blue", "color", ["red"], ["blue"], "position", None),
+    ("colour red vs blue", "color", ["red"], ["blue"], "size", None),
     ("position right vs left column", "position", ["top right", "right", "bottom right"],
-     ["top left", "left", "bottom left"], "color"),
+     ["top left", "left", "bottom left"], "color", None),
+    ("colour blue vs rest", "color", ["blue"], None, "position", "fine"),
+    ("colour red vs blue", "color", ["red"], ["blue"], "position", "fine"),
+    ("position right vs left column", "position", ["top right", "right", "bottom right"],
+     ["top left", "left", "bottom left"], "color", "coarse"),
 )
+
+
+def layer_group(num_ws: int, name):
+  """W+ layer indices of a named group: None (all), 'fine' or 'coarse'."""
+  groups = {None: None, "fine": [num_ws - 2, num_ws - 1], "coarse": [0, 1]}
+  if name not in groups:
+    raise ValueError(f"unknown layer group {name!r}; expected one of {tuple(groups)}.")
+  return groups[name]
 
 
 def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: str = "w",
@@ -46,21 +66,27 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
   # One labelled set serves every direction (each edit would otherwise relabel the same one).
   labelled = gan_tools.edit_labels(t, num_latents, space=space, seed=seed)
   rows = []
-  for label, attribute, positive, negative, condition in DIRECTIONS:
+  for label, attribute, positive, negative, condition, group in DIRECTIONS:
     start = time.perf_counter()
+    layers = layer_group(t.generator.config.num_ws, group) if space == "w" else None
+    if group is not None and layers is None:
+      continue  # layer groups exist only in W
     path = gan_tools.edit(t, attribute, positive, negative, conditions=(condition,),
                           space=space, num_latents=num_latents, num_eval=num_eval, seed=seed,
-                          labelled=labelled)
+                          labelled=labelled, layers=layers)
     with open(path[:-4] + ".json") as f:
       record = json.load(f)
     for kind in ("unconditioned", "conditioned"):
       r = record[kind]
       rows.append({
           "direction": label, "condition": condition if kind == "conditioned" else None,
-          "measured_condition": condition, "space": space,
+          "measured_condition": condition, "space": space, "layers": group,
+          "layer_indices": layers,
           "svm_train_accuracy": record["direction"]["train_accuracy"],
           "monotonic_logodds": r["monotonic_logodds"],
           "monotonic_p_tol_0": r["monotonic_fraction_tol_0"],
+          **{f"monotonic_and_flips_tol_{tol}": r[f"monotonic_and_flips_tol_{tol}"]
+             for tol in ("0", "0.001", "0.01")},
           "changes": r["target_changes_fraction"],
           "stays": r[f"{condition}_stays_fraction"],
           "both": r[f"changes_and_{condition}_stays_fraction"],
@@ -74,13 +100,17 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
 
 def table(rows: list[dict]) -> str:
   """Markdown table of `run`'s rows."""
-  lines = ["| direction (conditioned on) | SVM acc. | monotonic log-odds | P non-decreasing "
-           "| changes | stays (measured attr.) | both |", "|---|---|---|---|---|---|---|"]
+  lines = ["| direction (conditioned on) [layers] | SVM acc. | monotonic log-odds "
+           "| P non-decreasing | P rises & flips (tol 0 / 0.001 / 0.01) | changes "
+           "| stays (measured attr.) | both |", "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     name = r["direction"] + (f" ({r['condition']})" if r["condition"] else "")
+    name += f" [{r['layers']} {r['layer_indices']}]" if r.get("layers") else ""
+    flips = " / ".join(f"{100 * r[f'monotonic_and_flips_tol_{tol}']:.1f}%"
+                       for tol in ("0", "0.001", "0.01"))
     lines.append(
         f"| {name} | {r['svm_train_accuracy']:.3f} | {100 * r['monotonic_logodds']:.1f}% | "
-        f"{100 * r['monotonic_p_tol_0']:.1f}% | {100 * r['changes']:.1f}% | "
+        f"{100 * r['monotonic_p_tol_0']:.1f}% | {flips} | {100 * r['changes']:.1f}% | "
         f"{100 * r['stays']:.1f}% ({r['measured_condition']}) | {100 * r['both']:.1f}% |")
   return "\n".join(lines)
 

@@ -4,7 +4,7 @@ The loaded workdir (`Trained`) lives in `experiments.gan_trained`.
 
   python -m experiments.gan_tools interpolate --workdir DIR --seeds 0-3 [--space z|w] [--method slerp|lerp]
   python -m experiments.gan_tools invert --workdir DIR --test-images 0-7 | --seeds 0-7 | --target a.png [--w-plus]
-  python -m experiments.gan_tools edit --workdir DIR --attribute size --positive large [--condition color] [--m-units std|unit]
+  python -m experiments.gan_tools edit --workdir DIR --attribute size --positive large [--condition color] [--m-units std|unit] [--space w --layers 4-5]
   python -m experiments.gan_tools arithmetic --workdir DIR --expr "large red circle - red + blue"
   python -m experiments.gan_tools discover --workdir DIR [--directions 16] [--steps 1000]
 """
@@ -183,7 +183,7 @@ def fit_direction(t: Trained, attribute: str, positive, negative=None, *, space:
 
 
 def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positive,
-                  negative=None, *, space: str = "z", conditions=()) -> tuple:
+                  negative=None, *, space: str = "z", conditions=(), layers=None) -> tuple:
   """Classifier response along latents + m n (m as given: scale it by sigma for std units).
 
   Fractions over the latents: the log-odds of `positive` vs `negative` (exact, from the
@@ -191,15 +191,18 @@ def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positiv
   decreases by more than 0, 0.01, 0.05 ('monotonic_fraction_tol_*'; P saturates in float32,
   so equal values count as monotonic); the target's predicted class differs between the
   extreme m ('target_changes') or goes from a negative to a positive class ('target_flips');
-  each of `conditions` keeps its predicted class at every m. Returns (dict, log-odds [M, B]).
+  each of `conditions` keeps its predicted class at every m; 'monotonic_and_flips_tol_*': P
+  never decreases by more than the tolerance and the class goes from negative to positive.
+  `layers` (W only): edit just these W+ layers (`gan.layer_mask`), the others keep w.
+  Returns (dict, log-odds [M, B]).
   """
   pos, neg = _classes(t, attribute, positive, negative)
   neg = [i for i in range(len(t.attributes[attribute])) if i not in pos] if neg is None else neg
   for c in conditions:
     gan.attribute_index(t.attributes, c, 0)
-  edited = gan.edit_latents(latents, direction, magnitudes)  # [M, B, D]
+  edited = np.asarray(_edit(t, latents, direction, magnitudes, space, layers))  # [M, B, (L,) D]
   m_, b_ = edited.shape[:2]
-  logits = classifier_logits(t, t.images(np.asarray(edited).reshape(m_ * b_, -1), space))
+  logits = classifier_logits(t, t.images(edited.reshape((m_ * b_,) + edited.shape[2:]), space))
   logits = {k: v.reshape(m_, b_, -1) for k, v in logits.items()}
   logodds = np.asarray(gan.attribute_logodds(logits[attribute], pos, neg))  # [M, B]
   p_pos = np.asarray(jax.nn.softmax(logits[attribute], -1))[..., pos].sum(-1)  # [M, B]
@@ -209,6 +212,8 @@ def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positiv
   out = {"monotonic_logodds": gan.monotonic_fraction(logodds)}
   out.update({f"monotonic_fraction_tol_{tol:g}": gan.monotonic_fraction(p_pos, tol=tol)
               for tol in (0.0, 0.01, 0.05)})
+  out.update({f"monotonic_and_flips_tol_{tol:g}": gan.monotonic_and_flips_fraction(
+      p_pos, cls, pos, neg, tol=tol) for tol in (0.0, 0.001, 0.01)})
   out.update(target_flips_fraction=float(flips.mean()),
              target_changes_fraction=float(changes.mean()),
              p_positive_mean_by_m=p_pos.mean(1).tolist(),
@@ -220,6 +225,37 @@ def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positiv
   return out, logodds
 
 
+def _edit(t: Trained, latents, direction, magnitudes, space: str, layers=None):
+  """latents + m n for every m: [M, B, D], or on the `layers` of W+ only: [M, B, L, D]."""
+  mask = _layer_mask(t, space, layers)
+  if mask is None:
+    return gan.edit_latents(latents, direction, magnitudes)
+  latents = jnp.asarray(latents)
+  ws = jnp.broadcast_to(latents[:, None], (latents.shape[0], len(mask), latents.shape[-1]))
+  return gan.edit_latents(ws, direction, magnitudes, mask)
+
+
+def _layer_mask(t: Trained, space: str, layers):
+  """None for every layer, else `gan.layer_mask` of a style generator's W+ (clear errors)."""
+  if layers is None:
+    return None
+  if space != "w" or not t.style:
+    raise ValueError("layer-restricted edits need the W space of a style-based generator "
+                     f"(--space w), got space={space!r}"
+                     + ("" if t.style else " on a DCGAN") + ".")
+  return gan.layer_mask(t.generator.config.num_ws, layers)
+
+
+def parse_layers(text):
+  """'4-5' / '0,1' / '3' -> list of W+ layer indices; None, '' or 'all' -> None (every layer)."""
+  if text in (None, "", "all"):
+    return None
+  try:
+    return gan.parse_seeds(text)
+  except ValueError:
+    raise ValueError(f"bad layer list {text!r}: expected e.g. '4-5', '0,1' or 'all'.") from None
+
+
 def edit_labels(t: Trained, num_latents: int, *, space: str, seed: int = 0) -> tuple:
   """The labelled set `edit` fits its directions on for `seed`: (latents, logits)."""
   return label_latents(t, num_latents, space=space,
@@ -229,7 +265,8 @@ def edit_labels(t: Trained, num_latents: int, *, space: str, seed: int = 0) -> t
 def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
          space: str = "z", seeds=tuple(range(8)), max_m: float = 3.0, num_m: int = 7,
          num_latents: int = 5000, num_eval: int = 200, fraction: float = 0.1,
-         m_units: str = "std", l2: float = 1e-2, seed: int = 0, labelled=None) -> str:
+         m_units: str = "std", l2: float = 1e-2, seed: int = 0, labelled=None,
+         layers=None) -> str:
   """Fits the direction (and the conditional one if `conditions`) on one labelled set,
   measures it on `num_eval` fresh random latents over 13 m in [-max_m, max_m] and draws
   edits of `seeds` (rows).
@@ -238,9 +275,13 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   along n (InterFaceGAN's m: in Z, sigma = 1 for a unit n); 'unit' edits latent + m * n.
   labelled: the labelled set to reuse across several edits, as returned by
   ``edit_labels(t, num_latents, space=space, seed=seed)`` (None: computed here).
+  layers: W+ layer indices to edit (space 'w' of a style-based generator; the direction is
+  still fitted on w): e.g. the finest layers change colour and leave position alone
+  (`gan.layer_mask`). None edits every layer.
   """
   if m_units not in ("std", "unit"):
     raise ValueError(f"m_units must be 'std' or 'unit', got {m_units!r}.")
+  _layer_mask(t, space, layers)  # fail before any work
   _classes(t, attribute, positive, negative)
   for c in conditions:
     gan.attribute_index(t.attributes, c, 0)
@@ -253,7 +294,8 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   n, info = fit_direction(t, attribute, positive, negative, space=space, fraction=fraction,
                           l2=l2, labelled=labelled)
   record = {"direction": info, "max_m": max_m, "num_eval": num_eval, "m_units": m_units,
-            "num_latents": num_latents, "fraction": fraction, "l2": l2}
+            "num_latents": num_latents, "fraction": fraction, "l2": l2,
+            "layers": None if layers is None else [int(i) for i in layers]}
   ms = np.linspace(-max_m, max_m, 13)
   lat_eval = t.latents(jax.random.normal(jax.random.fold_in(key, 1), (num_eval, t.z_dim)), space)
 
@@ -261,7 +303,8 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
     return gan.projection_std(labelled[0], d) if m_units == "std" else 1.0
 
   record["unconditioned"], _ = measure_edits(t, n, lat_eval, ms * scale(n), attribute, positive,
-                                             negative, space=space, conditions=conditions)
+                                             negative, space=space, conditions=conditions,
+                                             layers=layers)
   if conditions:
     cond_dirs = []
     for c in conditions:  # one-vs-rest directions of the conditioned attribute's values
@@ -272,14 +315,16 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
     n = gan.conditional_direction(n, jnp.stack(cond_dirs))
     record["conditioned"], _ = measure_edits(t, n, lat_eval, ms * scale(n), attribute,
                                              positive, negative, space=space,
-                                             conditions=conditions)
+                                             conditions=conditions, layers=layers)
     record["conditioned"]["sigma"] = scale(n)
   show = np.linspace(-max_m, max_m, num_m) * scale(n)
   lat = t.latents(gan.latents_from_seeds(list(seeds), t.z_dim), space)
-  grid = np.asarray(gan.edit_latents(lat, n, show)).transpose(1, 0, 2).reshape(-1, lat.shape[-1])
+  grid = np.asarray(_edit(t, lat, n, show, space, layers))  # [num_m, seeds, (L,) D]
+  grid = np.swapaxes(grid, 0, 1).reshape((-1,) + grid.shape[2:])
   name = f"edit_{attribute}_{'-'.join(map(str, _as_list(positive)))}_{space}"
   name += "_cond-" + "-".join(conditions) if conditions else ""
   name += "_unit" if m_units == "unit" else ""
+  name += "_layers" + "-".join(map(str, layers)) if layers is not None else ""
   np.save(_out(t, name)[:-4] + "_direction.npy", np.asarray(n))
   return _write(_out(t, name), t.images(grid, space), num_m, record, t, "edit")
 
@@ -423,6 +468,8 @@ def main(argv=None) -> int:
                  help="m in std units of the latents along n (default) or in latent units")
   c.add_argument("--fraction", type=float, default=0.1)
   c.add_argument("--l2", type=float, default=1e-2)
+  c.add_argument("--layers", default=None,
+                 help="edit only these W+ layers, e.g. 4-5 (the finest: colour); --space w")
   cmds["arithmetic"].add_argument("--expr", required=True)
   c = cmds["discover"]
   c.add_argument("--directions", type=int, default=16)
@@ -447,7 +494,8 @@ def main(argv=None) -> int:
                 conditions=tuple(args.condition), space=args.space,
                 seeds=gan.parse_seeds(args.seeds), max_m=args.max_m,
                 num_latents=args.num_latents, num_eval=args.num_eval, seed=args.seed,
-                m_units=args.m_units, fraction=args.fraction, l2=args.l2)
+                m_units=args.m_units, fraction=args.fraction, l2=args.l2,
+                layers=parse_layers(args.layers))
   elif args.command == "arithmetic":
     path = arithmetic(t, args.expr, space=args.space, seed=args.seed)
   else:

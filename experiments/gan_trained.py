@@ -57,8 +57,9 @@ class Trained:
     return _mapping(self.generator)(self.variables, jnp.asarray(z), jnp.float32(psi))
 
   def images(self, latents, space: str, psi: float = 1.0, batch_size: int = 256):
-    """Images [N, H, W, C] in [-1, 1] of latents in `space` (truncation applies to z only).
-    Chunks are padded to `batch_size`, so one compiled function serves every N."""
+    """Images [N, H, W, C] in [-1, 1] of latents in `space` (truncation applies to z only);
+    in 'w' the latents may also be W+ ws [N, num_ws, w_dim]. Chunks are padded to
+    `batch_size`, so one compiled function serves every N."""
     _check_space(self, space)
     latents = np.asarray(latents, np.float32)
     out = []
@@ -94,8 +95,9 @@ def _generate(generator):
 def _synthesis(generator):
   key = ("synth", generator)
   if key not in _CACHE:
-    def run(v, w):
-      ws = jnp.broadcast_to(w[:, None], (w.shape[0], generator.config.num_ws, w.shape[-1]))
+    def run(v, w):  # w [B, D] (broadcast to every layer) or W+ ws [B, L, D]
+      ws = w if w.ndim == 3 else jnp.broadcast_to(
+          w[:, None], (w.shape[0], generator.config.num_ws, w.shape[-1]))
       return jnp.clip(generator.apply(v, ws, method="synthesis"), -1.0, 1.0)
     _CACHE[key] = jax.jit(run)
   return _CACHE[key]

@@ -320,6 +320,38 @@ def test_conditional_direction_and_edits(key):
   np.testing.assert_allclose(gan.attribute_score(probs, 0, 2), math.log(7.0), rtol=1e-4)
 
 
+def test_layer_restricted_edits_move_only_their_layers():
+  mask = gan.layer_mask(4, [2, 3])
+  np.testing.assert_array_equal(mask, [0, 0, 1, 1])
+  np.testing.assert_array_equal(gan.layer_mask(3, None), [1, 1, 1])
+  ws = np.arange(2 * 4 * 3, dtype=np.float32).reshape(2, 4, 3)
+  n = np.array([1.0, 0.0, -1.0], np.float32)
+  e = np.asarray(gan.edit_latents(ws, n, jnp.array([-2.0, 0.5]), mask))
+  assert e.shape == (2, 2, 4, 3)
+  np.testing.assert_array_equal(e[:, :, :2], jnp.broadcast_to(ws[:, :2], (2, 2, 2, 3)))
+  np.testing.assert_allclose(e[1, :, 2:], ws[:, 2:] + 0.5 * n)
+  np.testing.assert_allclose(e[0, :, 3], ws[:, 3] - 2.0 * n)
+  # every layer selected = the plain w edit on each layer
+  full = np.asarray(gan.edit_latents(ws[:, 0], n, jnp.array([1.5])))
+  np.testing.assert_allclose(gan.edit_latents(ws, n, [1.5], gan.layer_mask(4, None))[:, :, 1],
+                             full + (ws[:, 1] - ws[:, 0]))
+  for bad in ([], [4], [-1], [1, 1]):
+    with pytest.raises(ValueError, match=r"distinct indices in \[0, 4\)"):
+      gan.layer_mask(4, bad)
+  with pytest.raises(ValueError, match="needs W\\+ latents"):
+    gan.edit_latents(ws[:, 0], n, [1.0], mask)
+
+
+def test_monotonic_and_flips_needs_both():
+  # columns: rises and flips; rises but stays positive; flips but dips by 0.05; flat at 0
+  p = np.array([[0.1, 0.9, 0.1, 0.0], [0.6, 0.95, 0.7, 0.0], [0.7, 0.99, 0.65, 0.0],
+                [0.9, 1.0, 0.95, 0.0]])
+  cls = (p > 0.5).astype(int)  # class 1 positive, 0 negative
+  assert gan.monotonic_and_flips_fraction(p, cls, 1, 0) == 0.25
+  assert gan.monotonic_and_flips_fraction(p, cls, 1, 0, tol=0.05) == 0.5
+  assert gan.monotonic_fraction(p) == 0.75  # monotonic alone counts the unmoved columns
+
+
 def test_attribute_logodds_is_exact_and_does_not_saturate():
   logits = jnp.array([[2.0, 0.0, -1.0], [30.0, 0.0, 0.0]])
   # log(e^2 / (e^0 + e^-1)) and log(e^30 / 2)
@@ -446,6 +478,29 @@ def test_tools_interpolate_invert_edit_and_errors(style_run):
     GT.edit(t, "size", "huge")
   with pytest.raises(ValueError, match="unknown attribute value 'purple'"):
     GT.parse_expression("large purple circle", t.attributes)
+  # Layer-restricted edit: the other layers keep w, so editing no visible layer's w leaves
+  # images as they are, and editing every layer equals the plain W edit.
+  num_ws = t.generator.config.num_ws
+  path = GT.edit(t, "color", "blue", space="w", num_latents=64, num_eval=4, seeds=[0, 1],
+                 num_m=3, layers=[num_ws - 2, num_ws - 1])
+  rec = json.load(open(path[:-4] + ".json"))
+  assert rec["layers"] == [num_ws - 2, num_ws - 1] and path.endswith(
+      f"_layers{num_ws - 2}-{num_ws - 1}.png")
+  w = np.asarray(t.latents(gan.latents_from_seeds([0, 1], t.z_dim), "w"))
+  n = np.eye(w.shape[-1], dtype=np.float32)[0]
+  every = np.asarray(GT._edit(t, w, n, [-1.0, 2.0], "w", list(range(num_ws))))
+  np.testing.assert_allclose(t.images(every.reshape((-1,) + every.shape[2:]), "w"),
+                             t.images(np.asarray(gan.edit_latents(w, n, [-1.0, 2.0])).reshape(
+                                 -1, w.shape[-1]), "w"), atol=1e-5)
+  fine = np.asarray(GT._edit(t, w, n, [3.0], "w", [num_ws - 1]))[0]
+  assert np.array_equal(fine[:, :-1], np.broadcast_to(w[:, None], fine[:, :-1].shape))
+  with pytest.raises(ValueError, match="W space of a style-based generator"):
+    GT.edit(t, "size", "large", space="z", layers=[0])
+  with pytest.raises(ValueError, match=rf"distinct indices in \[0, {num_ws}\)"):
+    GT.edit(t, "size", "large", space="w", layers=[num_ws])
+  with pytest.raises(ValueError, match="bad layer list 'fine'"):
+    GT.parse_layers("fine")
+  assert GT.parse_layers("all") is None and GT.parse_layers("4-5") == [4, 5]
 
 
 def test_acceptance_protocol_writes_every_row(style_run):
@@ -455,14 +510,20 @@ def test_acceptance_protocol_writes_every_row(style_run):
   rows = gan_acceptance.run(style_run, num_latents=64, num_eval=4)
   assert len(rows) == 2 * len(gan_acceptance.DIRECTIONS)
   for r in rows:
-    for k in ("monotonic_logodds", "changes", "stays", "both"):
+    for k in ("monotonic_logodds", "changes", "stays", "both", "monotonic_and_flips_tol_0"):
       assert 0 <= r[k] <= 1, (r, k)
     assert r["both"] <= min(r["changes"], r["stays"])
+    # a stricter tolerance can only count fewer latents
+    assert (r["monotonic_and_flips_tol_0"] <= r["monotonic_and_flips_tol_0.001"]
+            <= r["monotonic_and_flips_tol_0.01"])
+  num_ws = gan_tools.Trained.load(style_run).generator.config.num_ws
+  assert {tuple(r["layer_indices"] or ()) for r in rows} == {
+      (), (num_ws - 2, num_ws - 1), (0, 1)}
   saved = json.load(open(os.path.join(style_run, "edits", "acceptance.json")))
   assert saved["rows"] == json.loads(json.dumps(rows)) and saved["checkpoint_step"] == 4
   assert gan_acceptance.table(rows).count("\n") == len(rows) + 1
   # The shared labelled set is the one a standalone edit draws for the same seed.
-  _, attribute, positive, negative, condition = gan_acceptance.DIRECTIONS[0]
+  _, attribute, positive, negative, condition, _ = gan_acceptance.DIRECTIONS[0]
   path = gan_tools.edit(gan_tools.Trained.load(style_run), attribute, positive, negative,
                         conditions=(condition,), space="w", num_latents=64, num_eval=4)
   alone = json.load(open(path[:-4] + ".json"))["conditioned"]

@@ -24,7 +24,8 @@ from flax import struct
 
 __all__ = ["attribute_index", "attribute_score", "attribute_logodds", "select_confident",
            "fit_linear_classifier", "supervised_direction", "conditional_direction",
-           "edit_latents", "projection_std", "monotonic_fraction", "normalize_directions",
+           "edit_latents", "layer_mask", "projection_std", "monotonic_fraction",
+           "monotonic_and_flips_fraction", "normalize_directions",
            "VoynovState", "init_voynov", "make_voynov_step"]
 
 
@@ -232,19 +233,64 @@ def conditional_direction(primary, conditions):
   return out / norm
 
 
-def edit_latents(latents, direction, magnitudes):
-  """z' = z + m n for every magnitude m.
+def layer_mask(num_ws: int, layers) -> np.ndarray:
+  """[num_ws] float32 mask selecting the W+ layers an edit applies to.
+
+  Layer-restricted editing (Härkönen et al. 2020, "GANSpace", sec. 3: an edit applied to a
+  range of the synthesis layers; Karras et al. 2019, sec. 3.1: coarse styles set geometry,
+  fine styles colour) moves only the chosen layers' w, so attributes held by the other
+  layers stay put.
 
   Args:
-    latents: [B, D].
+    num_ws: layers L of the synthesis (``StyleGANConfig.num_ws``).
+    layers: indices in [0, L) (any order, no repeats), or None for all layers.
+
+  Raises:
+    ValueError: an empty selection, a repeated index or one outside [0, L).
+  """
+  if layers is None:
+    return np.ones(num_ws, np.float32)
+  idx = [int(i) for i in np.atleast_1d(np.asarray(layers))]
+  if not idx or len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) >= num_ws:
+    raise ValueError(f"layers must be distinct indices in [0, {num_ws}) (the synthesis has "
+                     f"{num_ws} w layers), got {list(idx)}.")
+  mask = np.zeros(num_ws, np.float32)
+  mask[idx] = 1.0
+  return mask
+
+
+def edit_latents(latents, direction, magnitudes, mask=None):
+  """z' = z + m n for every magnitude m (InterFaceGAN eq. 3), optionally on some W+ layers.
+
+  Args:
+    latents: [B, D], or [B, L, D] (W+) when `mask` is given.
     direction: [D].
     magnitudes: [M].
+    mask: None, or [L] weights of the layers to edit (`layer_mask`): ws'_l = ws_l + m mask_l n.
 
   Returns:
-    [M, B, D].
+    [M, B, D], or [M, B, L, D] with a mask.
   """
   m = jnp.asarray(magnitudes, jnp.float32)
-  return jnp.asarray(latents)[None] + m[:, None, None] * jnp.asarray(direction)[None, None]
+  latents, n = jnp.asarray(latents), jnp.asarray(direction)
+  if mask is None:
+    return latents[None] + m[:, None, None] * n[None, None]
+  mask = jnp.asarray(mask, jnp.float32)
+  if latents.ndim != 3 or latents.shape[1] != mask.shape[0]:
+    raise ValueError(f"a layer mask of {mask.shape[0]} layers needs W+ latents [B, "
+                     f"{mask.shape[0]}, D], got {latents.shape}.")
+  return latents[None] + m[:, None, None, None] * mask[None, None, :, None] * n[None, None, None]
+
+
+def monotonic_and_flips_fraction(values, classes, positive, negative, *, tol: float = 0.0):
+  """Fraction of latents whose score ``values`` [M, B] never decreases along M by more than
+  `tol` AND whose predicted class ``classes`` [M, B] goes from one of `negative` at the first
+  m to one of `positive` at the last: the score both moves and moves one way (a saturated,
+  unchanged score alone does not count)."""
+  v, c = np.asarray(values, np.float64), np.asarray(classes)
+  mono = np.all(np.diff(v, axis=0) >= -tol, axis=0)
+  flips = np.isin(c[0], np.atleast_1d(negative)) & np.isin(c[-1], np.atleast_1d(positive))
+  return float(np.mean(mono & flips))
 
 
 def monotonic_fraction(values, *, increasing: bool = True, tol: float = 0.0) -> float:
