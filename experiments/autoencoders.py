@@ -16,18 +16,15 @@ from the data). Sampling and evaluation live in ``experiments.autoencoders_eval`
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
-import time
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
-from experiments import common
+from experiments import common, loop
 from experiments.config import Config
-from experiments.train import NonFiniteLossError, _Terminate
+from experiments.loop import NonFiniteLossError
 from jaxgen import data as jdata
 from jaxgen import metrics as M
 from jaxgen import parallel
@@ -218,59 +215,51 @@ def _train_one(config: Config, workdir: str) -> dict:
   steps = make_steps(config, model)
   keys = ("image", "label") if o["conditional"] else ("image",)
 
-  def run_step(state, batch):
-    if o["kind"] != "vqgan":
-      return steps(state, batch, train_key)
-    g, gm, x_rec = steps[0](state.g, state.d.params, batch, train_key, pnet)
-    d, dm = steps[1](state.d, batch, x_rec)
-    return V.VQGANState(g=g, d=d), dict(gm, **dm)
+  restarts = 0  # dead-code restarts since this (re)start
 
-  def checkpoint():
+  def run_step(state, batch):
+    nonlocal restarts
+    batch = parallel.shard_batch({k: batch[k] for k in keys}, mesh)
+    if o["kind"] != "vqgan":
+      state, metrics = steps(state, batch, train_key)
+    else:
+      g, gm, x_rec = steps[0](state.g, state.d.params, batch, train_key, pnet)
+      d, dm = steps[1](state.d, batch, x_rec)
+      state, metrics = V.VQGANState(g=g, d=d), dict(gm, **dm)
+    if "restarted" in metrics:  # counted every step, not only on logged ones
+      restarts = restarts + metrics["restarted"]
+      metrics = dict(metrics, restarted_total=restarts)
+    return state, metrics
+
+  def checkpoint(state):
     arrays = state.arrays()
     if not all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(arrays)):
       raise NonFiniteLossError("parameters are not finite; not saving a checkpoint")
     save(manager, state, loader.get_state())
 
-  metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
-  start = int(jax.device_get(state.step))
-  last_loss, terminated, it = float("nan"), False, iter(loader)
-  restarts = 0  # since this (re)start
+  last_loss = float("nan")
+
+  def on_log(done, m):
+    nonlocal last_loss
+    last_loss = m["loss"]
+    if not math.isfinite(last_loss):
+      raise NonFiniteLossError(f"loss is {last_loss} at step {done}; the last good "
+                               f"checkpoint (step {manager.latest_step()}) is kept")
+    metrics.write(done, m)
+    return {"loss": f"{last_loss:.4f}"}
+
+  metrics = loop.MetricsLog(workdir, tensorboard=False)
   try:
-    with _Terminate() as term, tqdm(total=tc.num_steps, initial=start, desc=f"train {o['kind']}",
-                                    dynamic_ncols=True, mininterval=1.0) as bar:
-      t0, n0 = time.perf_counter(), start
-      for step in range(start, tc.num_steps):
-        batch = next(it)
-        jdata.check_batch(batch, source.image_shape)
-        state, metrics = run_step(state, parallel.shard_batch({k: batch[k] for k in keys}, mesh))
-        if "restarted" in metrics:  # dead-code restarts of every step, not only logged ones
-          restarts = restarts + metrics["restarted"]
-          metrics = dict(metrics, restarted_total=restarts)
-        done = step + 1
-        bar.update(1)
-        if done % tc.log_every == 0 or done == tc.num_steps:
-          m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          last_loss = m["loss"]
-          if not math.isfinite(last_loss):
-            raise NonFiniteLossError(f"loss is {last_loss} at step {done}; the last good "
-                                     f"checkpoint (step {manager.latest_step()}) is kept")
-          m["steps_per_sec"] = (done - n0) / max(time.perf_counter() - t0, 1e-9)
-          t0, n0 = time.perf_counter(), done
-          bar.set_postfix(loss=f"{last_loss:.4f}")
-          metrics_file.write(json.dumps({"step": done, **m}) + "\n")
-          metrics_file.flush()
-        if term.requested:
-          checkpoint()
-          terminated = True
-          break
-        if done % tc.checkpoint_every == 0 and done < tc.num_steps:
-          checkpoint()
+    state, terminated = loop.run(
+        state, run_step, loader, image_shape=source.image_shape, num_steps=tc.num_steps,
+        desc=f"train {o['kind']}", log_every=tc.log_every,
+        checkpoint_every=tc.checkpoint_every, checkpoint=checkpoint, on_log=on_log)
     if not terminated:
-      checkpoint()
+      checkpoint(state)
   finally:
     manager.wait_until_finished()
     manager.close()
-    metrics_file.close()
+    metrics.close()
   if not terminated and config.sample.num:
     from experiments.autoencoders_eval import write_grids  # pylint: disable=import-outside-toplevel
     write_grids(workdir, config, model, state, int(jax.device_get(state.step)))

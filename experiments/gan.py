@@ -17,16 +17,13 @@ import json
 import logging
 import math
 import os
-import signal
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from experiments import common
+from experiments import common, loop
 from experiments.config import Config
 from jaxgen import data as jdata
 from jaxgen import gan
@@ -38,6 +35,7 @@ from jaxgen.nn.stylegan import stylegan_config_from_dict
 from jaxgen.training import restore_arrays, save
 
 log = logging.getLogger(__name__)
+NonFiniteLossError = loop.NonFiniteLossError
 
 DEFAULT_OPTIONS = {
     "loss": "nonsaturating",     # 'minimax', 'nonsaturating' or 'hinge'
@@ -54,10 +52,6 @@ DEFAULT_OPTIONS = {
     "classifier_steps": 600,     # attribute / feature classifier training steps
 }
 CLASSIFIER_DIR = "attr_classifier"
-
-
-class NonFiniteLossError(FloatingPointError):
-  """A GAN loss became NaN/inf; the last good checkpoint is kept."""
 
 
 def options(config: Config) -> dict:
@@ -154,27 +148,6 @@ def seed_images(generate, variables, z_dim: int, seeds, truncation_psi=1.0):
   return generate(variables, gan.latents_from_seeds(np.asarray(seeds), z_dim), truncation_psi)
 
 
-class _Terminate:
-  """SIGTERM: ask the loop to save and stop at the next step boundary."""
-
-  def __init__(self):
-    self.requested, self._old = False, None
-
-  def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._old = None
-    return self
-
-  def _handle(self, *_):
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-
-
 def _validate(config: Config, mesh) -> None:
   if config.data.batch_size % mesh.devices.size:
     raise ValueError(f"data.batch_size={config.data.batch_size} must be a multiple of the "
@@ -217,7 +190,7 @@ def train(config: Config, workdir: str) -> dict:
 
   fid_state = {}
 
-  def fid_now(step: int) -> float:
+  def fid_now(state, step: int) -> float:
     if not fid_state:
       clf = attribute_classifier(workdir, config, source, config.seed)
       test = jdata.load_all(common.build_source(config, "test"))
@@ -228,78 +201,57 @@ def train(config: Config, workdir: str) -> dict:
     mu, sigma = M.feature_statistics(M.classifier_features(fid_state["clf"], imgs))
     return M.frechet_distance(mu, sigma, *fid_state["stats"])
 
-  def write_samples(step: int):
+  def write_samples(state, step: int):
     n = config.sample.num
     imgs = seed_images(generate, state.generator_variables(), state.z_dim, np.arange(n))
     path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
     M.save_image_grid(path, imgs, nrow=int(math.ceil(math.sqrt(n))))
     np.savez_compressed(path[:-4] + ".npz", images=imgs, seeds=np.arange(n))
 
-  def checkpoint():
+  def checkpoint(state):
     # A host copy: saving replicated device arrays costs one small compile per leaf shape.
     save(manager, jax.device_get(state), loader.get_state())
 
-  from tensorboardX import SummaryWriter
-  writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-  metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+  def step(state, batch):
+    return step_fn(state, parallel.shard_batch({"image": batch["image"]}, mesh), train_key)
 
-  def record(step, m):
-    metrics_file.write(json.dumps({"step": step, **m}) + "\n")
-    metrics_file.flush()
-    for k, v in m.items():
-      writer.add_scalar(f"train/{k}", v, step)
+  last, fid = {}, None
 
-  start = int(jax.device_get(state.step))
-  last, fid, terminated = {}, None, False
-  it = iter(loader)
+  def on_log(done, m):
+    last.clear()
+    last.update(m)
+    if not all(math.isfinite(m[k]) for k in ("d_loss", "g_loss")):
+      raise NonFiniteLossError(
+          f"GAN losses d={m['d_loss']} g={m['g_loss']} at step {done}; stopping. "
+          f"The last good checkpoint (step {manager.latest_step()}) is kept; lower the "
+          "learning rates or raise options.r1_gamma before resuming.")
+    metrics.write(done, m)
+    return {"d": f"{m['d_loss']:.3f}", "g": f"{m['g_loss']:.3f}"}
+
+  def track_fid(state, done):
+    nonlocal fid
+    fid = fid_now(state, done)
+    metrics.write(done, {"fid": fid})
+    log.info("step %d: classifier-FID %.3f", done, fid)
+
+  metrics = loop.MetricsLog(workdir)
   try:
-    with _Terminate() as term, tqdm(total=tc.num_steps, initial=start, desc="train gan",
-                                    dynamic_ncols=True, mininterval=1.0) as bar:
-      t0, n0 = time.perf_counter(), start
-      for step in range(start, tc.num_steps):
-        batch = next(it)
-        jdata.check_batch(batch, source.image_shape)
-        state, metrics = step_fn(state, parallel.shard_batch({"image": batch["image"]}, mesh),
-                                 train_key)
-        done = step + 1
-        bar.update(1)
-        if done % tc.log_every == 0 or done == tc.num_steps:
-          last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          if not all(math.isfinite(last[k]) for k in ("d_loss", "g_loss")):
-            raise NonFiniteLossError(
-                f"GAN losses d={last['d_loss']} g={last['g_loss']} at step {done}; stopping. "
-                f"The last good checkpoint (step {manager.latest_step()}) is kept; lower the "
-                "learning rates or raise options.r1_gamma before resuming.")
-          dt = time.perf_counter() - t0
-          last["steps_per_sec"] = (done - n0) / max(dt, 1e-9)
-          t0, n0 = time.perf_counter(), done
-          bar.set_postfix(d=f"{last['d_loss']:.3f}", g=f"{last['g_loss']:.3f}")
-          record(done, last)
-        if opts["fid_every"] and done % opts["fid_every"] == 0 and done < tc.num_steps:
-          fid = fid_now(done)
-          record(done, {"fid": fid})
-          log.info("step %d: classifier-FID %.3f", done, fid)
-        if term.requested:
-          checkpoint()
-          terminated = True
-          break
-        if done % tc.checkpoint_every == 0 and done < tc.num_steps:
-          checkpoint()
-        if tc.sample_every and done % tc.sample_every == 0 and done < tc.num_steps:
-          write_samples(done)
+    state, terminated = loop.run(
+        state, step, loader, image_shape=source.image_shape, num_steps=tc.num_steps,
+        desc="train gan", log_every=tc.log_every, checkpoint_every=tc.checkpoint_every,
+        checkpoint=checkpoint, on_log=on_log,
+        hooks=[(opts["fid_every"], track_fid), (tc.sample_every, write_samples)])
     if not terminated:
-      checkpoint()
+      checkpoint(state)
       done = int(jax.device_get(state.step))
       if config.sample.num:
-        write_samples(done)
+        write_samples(state, done)
       if opts["fid_every"]:
-        fid = fid_now(done)
-        record(done, {"fid": fid})
+        track_fid(state, done)
   finally:
     manager.wait_until_finished()
     manager.close()
-    metrics_file.close()
-    writer.close()
+    metrics.close()
   return {"step": int(jax.device_get(state.step)), "d_loss": last.get("d_loss"),
           "g_loss": last.get("g_loss"), "fid": fid, "terminated": terminated,
           "resumed_from": resumed_from, "state": state}

@@ -1,19 +1,15 @@
 """``train``: the training loop (importable; ``main.py`` only parses flags)."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import signal
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from experiments import common
+from experiments import common, loop
 from experiments.config import Config
 from jaxgen import data as jdata
 from jaxgen import parallel
@@ -22,10 +18,7 @@ from jaxgen.nn import init_unet
 from jaxgen.training import TrainState, make_optimizer, make_train_step, save
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+NonFiniteLossError = loop.NonFiniteLossError  # re-exported: callers catch it from here
 
 
 def _validate(config: Config, mesh) -> None:
@@ -40,28 +33,6 @@ def _validate(config: Config, mesh) -> None:
 def _finite(tree) -> bool:
   return bool(jax.device_get(jax.tree.reduce(
       lambda a, b: a & b, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree))))
-
-
-class _Terminate:
-  """SIGTERM handler: asks the loop to save and exit at the next step boundary."""
-
-  def __init__(self):
-    self.requested = False
-    self._old = None
-
-  def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler, the loop still works
-      self._old = None
-    return self
-
-  def _handle(self, signum, frame):
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
 
 
 def train(config: Config, workdir: str) -> dict:
@@ -102,7 +73,7 @@ def train(config: Config, workdir: str) -> dict:
   sample_fn = common.make_sample_fn(model, schedule, config, config.sample.sampler)
   table = common.sampling_table(config)
 
-  def write_samples(step: int):
+  def write_samples(state, step: int):
     n = config.sample.num
     labels = (np.arange(n) % source.num_classes
               if model.config.num_class_embeds is not None else None)
@@ -115,63 +86,43 @@ def train(config: Config, workdir: str) -> dict:
     common.write_run_json(os.path.join(workdir, "samples", "run.json"), config, command="train",
                           step=step, sampler=config.sample.sampler, steps=config.sample.steps)
 
-  def checkpoint():
+  def checkpoint(state):
     if not _finite(state.params):
       raise NonFiniteLossError("parameters are not finite; not saving a checkpoint")
     save(manager, state, loader.get_state())
 
-  from tensorboardX import SummaryWriter
-  writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-  metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
-  start = int(jax.device_get(state.step))
-  last_loss, terminated = float("nan"), False
-  it = iter(loader)
+  def step(state, batch):
+    batch = {k: batch[k] for k in ("image", "label") if k in batch}
+    return step_fn(state, parallel.shard_batch(batch, mesh), train_key)
+
+  last_loss = float("nan")
+
+  def on_log(done, m):
+    nonlocal last_loss
+    last_loss = m["loss"]
+    if not math.isfinite(last_loss):
+      raise NonFiniteLossError(
+          f"loss is {last_loss} at step {done}; stopping. The last good checkpoint "
+          f"(step {manager.latest_step()}) is kept in {manager.directory}; lower "
+          "train.learning_rate or check the data for NaNs before resuming.")
+    m["examples_per_sec"] = m["steps_per_sec"] * config.data.batch_size
+    metrics.write(done, m)
+    return {"loss": f"{last_loss:.4f}", "it_s": f"{m['steps_per_sec']:.1f}"}
+
+  metrics = loop.MetricsLog(workdir)
   try:
-    with _Terminate() as term, tqdm(total=tc.num_steps, initial=start, desc="train",
-                                    dynamic_ncols=True, mininterval=1.0) as bar:
-      t0, n0 = time.perf_counter(), start
-      for step in range(start, tc.num_steps):
-        batch = next(it)
-        jdata.check_batch(batch, source.image_shape)  # shape, dtype, NaN: cheap on the host
-        batch = {k: batch[k] for k in ("image", "label") if k in batch}
-        state, metrics = step_fn(state, parallel.shard_batch(batch, mesh), train_key)
-        done = step + 1
-        bar.update(1)
-        if done % tc.log_every == 0 or done == tc.num_steps:
-          m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          last_loss = m["loss"]
-          if not math.isfinite(last_loss):
-            good = manager.latest_step()
-            raise NonFiniteLossError(
-                f"loss is {last_loss} at step {done}; stopping. The last good checkpoint "
-                f"(step {good}) is kept in {manager.directory}; lower train.learning_rate or "
-                "check the data for NaNs before resuming.")
-          dt = time.perf_counter() - t0
-          m["steps_per_sec"] = (done - n0) / max(dt, 1e-9)
-          m["examples_per_sec"] = m["steps_per_sec"] * config.data.batch_size
-          t0, n0 = time.perf_counter(), done
-          bar.set_postfix(loss=f"{last_loss:.4f}", it_s=f"{m['steps_per_sec']:.1f}")
-          metrics_file.write(json.dumps({"step": done, **m}) + "\n")
-          metrics_file.flush()
-          for k, v in m.items():
-            writer.add_scalar(f"train/{k}", v, done)
-        if term.requested:
-          checkpoint()
-          terminated = True
-          log.warning("SIGTERM: saved a checkpoint at step %d and stopped", done)
-          break
-        if done % tc.checkpoint_every == 0 and done < tc.num_steps:
-          checkpoint()
-        if tc.sample_every and done % tc.sample_every == 0 and done < tc.num_steps:
-          write_samples(done)
+    state, terminated = loop.run(
+        state, step, loader, image_shape=source.image_shape, num_steps=tc.num_steps,
+        desc="train", log_every=tc.log_every, checkpoint_every=tc.checkpoint_every,
+        checkpoint=checkpoint, on_log=on_log,
+        hooks=[(tc.sample_every, write_samples)])
     if not terminated:
-      checkpoint()
+      checkpoint(state)
       if config.sample.num:
-        write_samples(int(jax.device_get(state.step)))
+        write_samples(state, int(jax.device_get(state.step)))
   finally:
     manager.wait_until_finished()
     manager.close()
-    metrics_file.close()
-    writer.close()
+    metrics.close()
   return {"step": int(jax.device_get(state.step)), "loss": last_loss, "terminated": terminated,
           "resumed_from": resumed_from, "state": state}
