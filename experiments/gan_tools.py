@@ -25,6 +25,7 @@ from jaxgen import gan
 from jaxgen import metrics as M
 from experiments.gan_trained import _CACHE, Trained, _check_space, _out, _write
 from jaxgen.nn import DirectionReconstructor
+from jaxgen.nn.stylegan import broadcast_ws
 
 
 # --- interpolation --------------------------------------------------------------------
@@ -230,9 +231,7 @@ def _edit(t: Trained, latents, direction, magnitudes, space: str, layers=None):
   mask = _layer_mask(t, space, layers)
   if mask is None:
     return gan.edit_latents(latents, direction, magnitudes)
-  latents = jnp.asarray(latents)
-  ws = jnp.broadcast_to(latents[:, None], (latents.shape[0], len(mask), latents.shape[-1]))
-  return gan.edit_latents(ws, direction, magnitudes, mask)
+  return gan.edit_latents(broadcast_ws(latents, len(mask)), direction, magnitudes, mask)
 
 
 def _layer_mask(t: Trained, space: str, layers):
@@ -392,8 +391,8 @@ def discover(t: Trained, *, num_directions: int = 16, num_steps: int = 1000, spa
     generate_fn = lambda v, z: gen.apply(v, z) if not t.style else gen.apply(v, z, 1.0)
   else:
     sample_fn = lambda v, k, b: gen.apply(v, jax.random.normal(k, (b, t.z_dim)), method="mapping")
-    generate_fn = lambda v, w: gen.apply(v, jnp.broadcast_to(
-        w[:, None], (w.shape[0], gen.config.num_ws, w.shape[-1])), method="synthesis")
+    generate_fn = lambda v, w: gen.apply(v, broadcast_ws(w, gen.config.num_ws),
+                                         method="synthesis")
   dim = t.z_dim if space == "z" else gen.config.w_dim
   recon = DirectionReconstructor(num_directions=num_directions)
   key = jax.random.key(seed)

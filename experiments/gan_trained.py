@@ -15,6 +15,7 @@ from experiments import common
 from experiments import gan as G
 from jaxgen import metrics as M
 from jaxgen.nn import StyleGenerator
+from jaxgen.nn.stylegan import broadcast_ws
 
 
 @dataclasses.dataclass
@@ -96,8 +97,7 @@ def _synthesis(generator):
   key = ("synth", generator)
   if key not in _CACHE:
     def run(v, w):  # w [B, D] (broadcast to every layer) or W+ ws [B, L, D]
-      ws = w if w.ndim == 3 else jnp.broadcast_to(
-          w[:, None], (w.shape[0], generator.config.num_ws, w.shape[-1]))
+      ws = w if w.ndim == 3 else broadcast_ws(w, generator.config.num_ws)
       return jnp.clip(generator.apply(v, ws, method="synthesis"), -1.0, 1.0)
     _CACHE[key] = jax.jit(run)
   return _CACHE[key]

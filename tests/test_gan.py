@@ -613,6 +613,16 @@ def test_path_lengths_equal_the_jacobian_formula(key):
   assert np.abs(jac[0, :, :, :, 1]).max() == 0
 
 
+def test_broadcast_ws_repeats_w_per_layer():
+  from jaxgen.nn.stylegan import broadcast_ws
+  w = np.arange(6, dtype=np.float32).reshape(2, 3)
+  ws = broadcast_ws(w, 4)
+  assert ws.shape == (2, 4, 3)
+  for layer in range(4):
+    np.testing.assert_array_equal(ws[:, layer], w)
+  assert broadcast_ws(w[0], 5).shape == (5, 3)
+
+
 def test_mix_styles_takes_w2_from_the_cutoff_on():
   b, num_ws = 256, 6
   w1 = jnp.broadcast_to(jnp.arange(b, dtype=jnp.float32)[:, None], (b, 4))

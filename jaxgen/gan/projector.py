@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxgen.nn.stylegan import StyleGenerator
+from jaxgen.nn.stylegan import StyleGenerator, broadcast_ws
 
 __all__ = ["ProjectionResult", "make_projector", "projector_learning_rate",
            "projector_w_noise_scale", "noise_regularization", "w_statistics",
@@ -137,7 +137,7 @@ def make_projector(generator: StyleGenerator, *, num_steps: int = 1000, w_plus: 
   adam = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
 
   def synthesize(variables, w, noise):
-    ws = w if w_plus else jnp.broadcast_to(w, (cfg.num_ws, cfg.w_dim))
+    ws = w if w_plus else broadcast_ws(w, cfg.num_ws)
     maps = [n[None, :, :, None] for n in noise] if optimize_noise else None
     img = generator.apply(variables, ws[None], maps, method="synthesis")
     return ws, img[0]
@@ -153,7 +153,7 @@ def make_projector(generator: StyleGenerator, *, num_steps: int = 1000, w_plus: 
       z = jax.random.normal(z_key, (num_restarts - 1, cfg.z_dim))
       starts = jnp.concatenate([starts, generator.apply(variables, z, method="mapping")])
     if w_plus:
-      starts = jnp.broadcast_to(starts[:, None], (num_restarts, cfg.num_ws, cfg.w_dim))
+      starts = broadcast_ws(starts, cfg.num_ws)
     target_feats = None if feature_fn is None else feature_fn(target[None])
     keys = jax.random.split(run_key, num_restarts)
     p, traj, losses = jax.vmap(lambda w0, k: optimize(variables, target, target_feats, w0, k,

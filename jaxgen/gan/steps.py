@@ -23,6 +23,7 @@ import optax
 from flax import struct
 
 from jaxgen.gan.losses import get_losses, path_lengths, r1_penalty
+from jaxgen.nn.stylegan import broadcast_ws
 from jaxgen.training.state import ema_decay_at, ema_update
 
 __all__ = ["GANState", "make_d_step", "make_g_step", "make_gan_step", "make_pl_step",
@@ -223,7 +224,7 @@ def make_pl_step(*, pl_weight: float = 2.0, pl_decay: float = 0.01, batch_shrink
     def loss_fn(g_params):
       variables = {"params": g_params, **state.g_state}
       w = state.g_apply(variables, z, method="mapping")
-      ws = jnp.broadcast_to(w[:, None], (size, num_ws, w.shape[-1]))
+      ws = broadcast_ws(w, num_ws)
       lengths = path_lengths(
           lambda v: state.g_apply(variables, v, None, "random", method="synthesis",
                                   rngs={"noise": noise_key}), ws, y_key)

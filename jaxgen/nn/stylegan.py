@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["StyleGANConfig", "mix_styles", "StyleGenerator", "StyleDiscriminator",
+__all__ = ["StyleGANConfig", "broadcast_ws", "mix_styles", "StyleGenerator", "StyleDiscriminator",
            "EqualDense", "EqualConv", "check_truncation_psi"]
 
 _SQRT2 = math.sqrt(2.0)
@@ -54,6 +54,12 @@ def check_truncation_psi(psi) -> None:
   if not np.all((values >= 0) & (values <= 1)):
     raise ValueError(f"truncation_psi must be in [0, 1] (1 = no truncation, 0 = the mean w), "
                      f"got {psi!r}.")
+
+
+def broadcast_ws(w, num_ws: int):
+  """w [..., w_dim] -> ws [..., num_ws, w_dim]: the same w for every synthesis layer (W)."""
+  w = jnp.asarray(w)
+  return jnp.broadcast_to(w[..., None, :], w.shape[:-1] + (num_ws, w.shape[-1]))
 
 
 def mix_styles(w1, w2, key, num_ws: int, prob: float):
@@ -352,7 +358,7 @@ class StyleGenerator(nn.Module):
                train: bool = False):
     w = self.mapping(z, truncation_psi, train)
     c = self.config
-    ws = jnp.broadcast_to(w[:, None], (w.shape[0], c.num_ws, w.shape[-1]))
+    ws = broadcast_ws(w, c.num_ws)
     if train and c.style_mixing_prob > 0 and not self.is_initializing():
       z_key, mix_key = jax.random.split(self.make_rng("noise"))
       w2 = self.mapping(jax.random.normal(z_key, z.shape, z.dtype), truncation_psi)
