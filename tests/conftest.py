@@ -25,3 +25,40 @@ _counter = itertools.count()
 def key():
   """A fresh key per test, never reused across tests."""
   return jax.random.fold_in(jax.random.key(20261125), next(_counter))
+
+
+@pytest.fixture
+def sigterm_resume(monkeypatch, tmp_path):
+  """``sigterm_resume(train, config, num_steps)``: trains `config` straight through; trains
+  it again with SIGTERM sent as the 3rd batch is drawn (the loop saves at step 3 and stops);
+  resumes that run to the end; asserts the resumed state equals the straight one bit for bit.
+  Returns (straight, resumed) summaries."""
+  import signal
+
+  import numpy as np
+
+  from jaxgen import data as jdata
+
+  def run(train, config, num_steps: int):
+    full = train(config, str(tmp_path / "full"))
+    calls = itertools.count(1)
+
+    class SigtermLoader(jdata.Loader):
+      def __next__(self):
+        if next(calls) == 3:
+          os.kill(os.getpid(), signal.SIGTERM)
+        return super().__next__()
+
+    monkeypatch.setattr(jdata, "Loader", SigtermLoader)
+    cut = train(config, str(tmp_path / "cut"))
+    assert cut["terminated"] and cut["step"] == 3
+    monkeypatch.undo()
+    resumed = train(config, str(tmp_path / "cut"))
+    assert resumed["resumed_from"] == 3 and resumed["step"] == num_steps
+    assert not resumed["terminated"]
+    for a, b in zip(jax.tree.leaves(full["state"].arrays()),
+                    jax.tree.leaves(resumed["state"].arrays())):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    return full, resumed
+
+  return run

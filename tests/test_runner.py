@@ -3,7 +3,6 @@ handling, corrupt-checkpoint fallback and clear errors for bad input."""
 import json
 import os
 import shutil
-import signal
 
 import jax
 import numpy as np
@@ -82,28 +81,9 @@ def test_corrupt_checkpoint_falls_back_to_previous(trained, tmp_path):
     load_trained(workdir)
 
 
-def test_resume_after_sigterm_is_exact(tmp_path, monkeypatch):
+def test_resume_after_sigterm_is_exact(sigterm_resume):
   config = smoke_config(**{"train.checkpoint_every": 100, "sample.num": 0})
-  full = train_mod.train(config, str(tmp_path / "full"))
-
-  class StopAtThirdBatch(jdata.Loader):
-    calls = 0
-
-    def __next__(self):
-      StopAtThirdBatch.calls += 1
-      if StopAtThirdBatch.calls == 3:
-        os.kill(os.getpid(), signal.SIGTERM)
-      return super().__next__()
-
-  monkeypatch.setattr(train_mod.jdata, "Loader", StopAtThirdBatch)
-  cut = train_mod.train(config, str(tmp_path / "cut"))
-  assert cut["terminated"] and cut["step"] == 3
-  monkeypatch.undo()
-  resumed = train_mod.train(config, str(tmp_path / "cut"))
-  assert resumed["resumed_from"] == 3 and resumed["step"] == 6
-  for a, b in zip(jax.tree.leaves(full["state"].arrays()),
-                  jax.tree.leaves(resumed["state"].arrays())):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  sigterm_resume(train_mod.train, config, num_steps=6)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(trained, tmp_path):
