@@ -358,6 +358,17 @@ def test_runner_vqgan_smoke_and_composite_checkpoint(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_vqgan_resume_after_sigterm_is_exact(sigterm_resume):
+  """The shared loop on the autoencoder family's most composite state (G with codebook, D,
+  their optimisers), resumed across the discriminator's start step."""
+  from experiments import autoencoders as A
+  from experiments.config import load_config
+  config = load_config("experiments/configs/vqgan_shapes.py:smoke")
+  config.options["perceptual"] = "none"
+  config.train.checkpoint_every, config.sample.num = 100, 0
+  sigterm_resume(A.train, config, num_steps=4)
+
+
 def test_runner_rejects_bad_options(tmp_path):
   from experiments.autoencoders import train
   from experiments.config import apply_override, load_config
