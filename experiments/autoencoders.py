@@ -20,7 +20,6 @@ import math
 import os
 
 import jax
-import numpy as np
 
 from experiments import common, loop
 from experiments.config import Config
@@ -232,8 +231,7 @@ def _train_one(config: Config, workdir: str) -> dict:
     return state, metrics
 
   def checkpoint(state):
-    arrays = state.arrays()
-    if not all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(arrays)):
+    if not loop.all_finite(state.arrays()):
       raise NonFiniteLossError("parameters are not finite; not saving a checkpoint")
     save(manager, state, loader.get_state())
 

@@ -11,6 +11,7 @@ import time
 from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 from jaxgen import data as jdata
@@ -20,6 +21,12 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN/inf loss or parameters; the last good checkpoint is kept."""
+
+
+def all_finite(tree) -> bool:
+  """True when every array leaf of `tree` is free of NaN and inf (checked before saving)."""
+  return bool(jax.device_get(jax.tree.reduce(
+      lambda a, b: a & b, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree))))
 
 
 class Terminate:

@@ -6,7 +6,6 @@ import math
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import common, loop
@@ -28,11 +27,6 @@ def _validate(config: Config, mesh) -> None:
                      f"{n} devices used for data parallelism")
   if config.train.num_steps < 1:
     raise ValueError(f"train.num_steps must be >= 1, got {config.train.num_steps}")
-
-
-def _finite(tree) -> bool:
-  return bool(jax.device_get(jax.tree.reduce(
-      lambda a, b: a & b, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree))))
 
 
 def train(config: Config, workdir: str) -> dict:
@@ -87,7 +81,7 @@ def train(config: Config, workdir: str) -> dict:
                           step=step, sampler=config.sample.sampler, steps=config.sample.steps)
 
   def checkpoint(state):
-    if not _finite(state.params):
+    if not loop.all_finite(state.params):
       raise NonFiniteLossError("parameters are not finite; not saving a checkpoint")
     save(manager, state, loader.get_state())
 
