@@ -190,7 +190,7 @@ def train(config: Config, workdir: str) -> dict:
 
   fid_state = {}
 
-  def fid_now(state, step: int) -> float:
+  def fid_now(state) -> float:
     if not fid_state:
       clf = attribute_classifier(workdir, config, source, config.seed)
       test = jdata.load_all(common.build_source(config, "test"))
@@ -230,7 +230,7 @@ def train(config: Config, workdir: str) -> dict:
 
   def track_fid(state, done):
     nonlocal fid
-    fid = fid_now(state, done)
+    fid = fid_now(state)
     metrics.write(done, {"fid": fid})
     log.info("step %d: classifier-FID %.3f", done, fid)
 
