@@ -209,6 +209,12 @@ def train(config: Config, workdir: str) -> dict:
     np.savez_compressed(path[:-4] + ".npz", images=imgs, seeds=np.arange(n))
 
   def checkpoint(state):
+    # Never overwrite the last good checkpoint with NaN/inf weights (the losses are only
+    # checked every log_every steps).
+    if not loop.all_finite((state.g_params, state.g_ema, state.d_params)):
+      raise NonFiniteLossError(
+          f"GAN parameters are not finite at step {int(jax.device_get(state.step))}; not "
+          f"saving a checkpoint. The last good one (step {manager.latest_step()}) is kept.")
     # A host copy: saving replicated device arrays costs one small compile per leaf shape.
     save(manager, jax.device_get(state), loader.get_state())
 

@@ -465,6 +465,24 @@ def test_gan_resume_after_sigterm_is_exact(sigterm_resume):
   assert "pl_mean" in full["state"].arrays()
 
 
+def test_nonfinite_parameters_are_never_saved(style_run, tmp_path):
+  """A diverging run (learning rate 1e30) is stopped at the first checkpoint after the
+  weights went NaN/inf, before any loss is logged, and the last good checkpoint stays."""
+  import shutil
+  from experiments import gan as G
+  from experiments.config import load_config
+  workdir = str(tmp_path / "diverged")
+  shutil.copytree(style_run, workdir)
+  config = load_config("experiments/configs/stylegan_shapes.py:smoke", [
+      "train.num_steps=10", "train.log_every=100", "train.checkpoint_every=2",
+      "options.g_learning_rate=1e30", "options.d_learning_rate=1e30",
+      "options.fid_every=0", "sample.num=0"])
+  with pytest.raises(G.NonFiniteLossError, match=r"parameters are not finite at step 6"):
+    G.train(config, workdir)
+  *_, step = G.load_trained(workdir)
+  assert step == 4
+
+
 def test_tools_interpolate_invert_edit_and_errors(style_run):
   import json
   from experiments import gan_tools as GT
