@@ -1,7 +1,7 @@
 """The supervised-direction acceptance protocol of a `shapes` StyleGAN workdir, in one command.
 
   python -m experiments.gan_acceptance --workdir runs/stylegan_shapes [--num-latents 20000]
-      [--num-eval 400] [--space w]
+      [--num-eval 400] [--space w] [--num-select 200]
 
 For each direction below (InterFaceGAN, `experiments.gan_tools.edit`): label
 `--num-latents` random latents once with the attribute classifier, fit a linear SVM on the
@@ -19,7 +19,9 @@ m in linspace(-3, 3, 13) (m in standard deviations of the latents along n) and m
 - both: changes and stays.
 
 Rows marked [fine] / [coarse] edit only those W+ layers (`gan_tools.edit(layers=)`); the
-direction is the same one fitted on w.
+direction is the same one fitted on w. Rows marked [auto] edit the contiguous layer range
+that `gan_tools.select_layers` found best for the unconditioned edit ("both" for the row's
+condition) on 200 other latents; the conditioned variant uses the same range.
 
 Writes ``WORKDIR/edits/acceptance.json`` (every record) and prints a markdown table; the
 edit grids are the usual ``WORKDIR/edits/edit_*.png``.
@@ -48,19 +50,24 @@ DIRECTIONS = (
     ("colour red vs blue", "color", ["red"], ["blue"], "position", "fine"),
     ("position right vs left column", "position", ["top right", "right", "bottom right"],
      ["top left", "left", "bottom left"], "color", "coarse"),
+    ("colour blue vs rest", "color", ["blue"], None, "position", "auto"),
+    ("colour red vs blue", "color", ["red"], ["blue"], "position", "auto"),
+    ("position right vs left column", "position", ["top right", "right", "bottom right"],
+     ["top left", "left", "bottom left"], "color", "auto"),
 )
 
 
 def layer_group(num_ws: int, name):
-  """W+ layer indices of a named group: None (all), 'fine' or 'coarse'."""
-  groups = {None: None, "fine": [num_ws - 2, num_ws - 1], "coarse": [0, 1]}
+  """W+ layer indices of a named group: None (all), 'fine' or 'coarse'; 'auto' stays 'auto'
+  (`gan_tools.select_layers` picks the range on latents of its own)."""
+  groups = {None: None, "fine": [num_ws - 2, num_ws - 1], "coarse": [0, 1], "auto": "auto"}
   if name not in groups:
     raise ValueError(f"unknown layer group {name!r}; expected one of {tuple(groups)}.")
   return groups[name]
 
 
 def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: str = "w",
-        seed: int = 0) -> list[dict]:
+        seed: int = 0, num_select: int = 200) -> list[dict]:
   """Runs every entry of `DIRECTIONS`; returns one row per (direction, conditioned or not)."""
   t = gan_tools.Trained.load(workdir)
   # One labelled set serves every direction (each edit would otherwise relabel the same one).
@@ -73,7 +80,7 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
       continue  # layer groups exist only in W
     path = gan_tools.edit(t, attribute, positive, negative, conditions=(condition,),
                           space=space, num_latents=num_latents, num_eval=num_eval, seed=seed,
-                          labelled=labelled, layers=layers)
+                          labelled=labelled, layers=layers, num_select=num_select)
     with open(path[:-4] + ".json") as f:
       record = json.load(f)
     for kind in ("unconditioned", "conditioned"):
@@ -81,7 +88,7 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
       rows.append({
           "direction": label, "condition": condition if kind == "conditioned" else None,
           "measured_condition": condition, "space": space, "layers": group,
-          "layer_indices": layers,
+          "layer_indices": record["layers"],
           "svm_train_accuracy": record["direction"]["train_accuracy"],
           "monotonic_logodds": r["monotonic_logodds"],
           "monotonic_p_tol_0": r["monotonic_fraction_tol_0"],
@@ -123,9 +130,11 @@ def main(argv=None) -> int:
   p.add_argument("--num-eval", type=int, default=400)
   p.add_argument("--space", choices=("z", "w"), default="w")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--num-select", type=int, default=200,
+                 help="latents the [auto] rows choose their layer range on")
   args = p.parse_args(argv)
   rows = run(args.workdir, num_latents=args.num_latents, num_eval=args.num_eval,
-             space=args.space, seed=args.seed)
+             space=args.space, seed=args.seed, num_select=args.num_select)
   print(table(rows))
   return 0
 

@@ -246,13 +246,53 @@ def _layer_mask(t: Trained, space: str, layers):
 
 
 def parse_layers(text):
-  """'4-5' / '0,1' / '3' -> list of W+ layer indices; None, '' or 'all' -> None (every layer)."""
+  """'4-5' / '0,1' / '3' -> list of W+ layer indices; None, '' or 'all' -> None (every layer);
+  'auto' -> 'auto' (`select_layers` picks a range)."""
   if text in (None, "", "all"):
     return None
+  if text == "auto":
+    return "auto"
   try:
     return gan.parse_seeds(text)
   except ValueError:
-    raise ValueError(f"bad layer list {text!r}: expected e.g. '4-5', '0,1' or 'all'.") from None
+    raise ValueError(f"bad layer list {text!r}: expected e.g. '4-5', '0,1', 'all' or "
+                     "'auto'.") from None
+
+
+def layer_ranges(num_ws: int) -> list[list[int]]:
+  """Every contiguous range of W+ layers [a, ..., b], 0 <= a <= b < num_ws, shortest first."""
+  return [list(range(a, a + n)) for n in range(1, num_ws + 1) for a in range(num_ws - n + 1)]
+
+
+def select_layers(t: Trained, direction, latents, magnitudes, attribute, positive,
+                  negative=None, *, conditions=()) -> tuple:
+  """Picks the contiguous W+ layer range an edit should be restricted to (GANSpace, Härkönen
+  et al. 2020 sec. 3, choose a layer range per edit; StyleGAN sec. 3.1: coarse layers hold
+  geometry, fine ones colour), by measuring the edit on every range.
+
+  Score of a range: with `conditions`, the mean over them of the fraction of latents whose
+  target class changes between the extreme m while the conditioned attribute keeps its m = 0
+  class ("both"); without, the fraction whose P(positive) rises (within 0.001) and flips from
+  a negative to a positive class. Ties go to the shorter range, then the earlier one. Pass
+  latents that are not the ones you report on (selection is fitting).
+
+  Returns:
+    (layers: list of indices, table: one dict per range with 'layers', 'score' and the
+    `measure_edits` fractions it was computed from).
+  """
+  mask_check = _layer_mask(t, "w", [0])  # clear error for DCGANs before any work
+  table = []
+  for layers in layer_ranges(len(mask_check)):
+    r, _ = measure_edits(t, direction, latents, magnitudes, attribute, positive, negative,
+                         space="w", conditions=conditions, layers=layers)
+    score = (float(np.mean([r[f"changes_and_{c}_stays_fraction"] for c in conditions]))
+             if conditions else r["monotonic_and_flips_tol_0.001"])
+    keep = ("target_changes_fraction", "monotonic_and_flips_tol_0.001",
+            *(f"{c}_stays_fraction" for c in conditions),
+            *(f"changes_and_{c}_stays_fraction" for c in conditions))
+    table.append({"layers": layers, "score": score, **{k: r[k] for k in keep}})
+  best = max(table, key=lambda row: (row["score"], -len(row["layers"]), -row["layers"][0]))
+  return best["layers"], table
 
 
 def edit_labels(t: Trained, num_latents: int, *, space: str, seed: int = 0) -> tuple:
@@ -265,7 +305,7 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
          space: str = "z", seeds=tuple(range(8)), max_m: float = 3.0, num_m: int = 7,
          num_latents: int = 5000, num_eval: int = 200, fraction: float = 0.1,
          m_units: str = "std", l2: float = 1e-2, seed: int = 0, labelled=None,
-         layers=None) -> str:
+         layers=None, num_select: int = 200) -> str:
   """Fits the direction (and the conditional one if `conditions`) on one labelled set,
   measures it on `num_eval` fresh random latents over 13 m in [-max_m, max_m] and draws
   edits of `seeds` (rows).
@@ -276,11 +316,16 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   ``edit_labels(t, num_latents, space=space, seed=seed)`` (None: computed here).
   layers: W+ layer indices to edit (space 'w' of a style-based generator; the direction is
   still fitted on w): e.g. the finest layers change colour and leave position alone
-  (`gan.layer_mask`). None edits every layer.
+  (`gan.layer_mask`). None edits every layer; 'auto' lets `select_layers` pick the
+  contiguous range with the best score on `num_select` latents of their own (the choice and
+  the score of every range go into the JSON record).
   """
   if m_units not in ("std", "unit"):
     raise ValueError(f"m_units must be 'std' or 'unit', got {m_units!r}.")
-  _layer_mask(t, space, layers)  # fail before any work
+  auto = isinstance(layers, str)
+  if auto and layers != "auto":
+    raise ValueError(f"layers must be a list of W+ indices, None or 'auto', got {layers!r}.")
+  _layer_mask(t, space, [0] if auto else layers)  # fail before any work
   _classes(t, attribute, positive, negative)
   for c in conditions:
     gan.attribute_index(t.attributes, c, 0)
@@ -292,14 +337,23 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
                      f"{space!r} (from edit_labels), got {labelled[0].shape}.")
   n, info = fit_direction(t, attribute, positive, negative, space=space, fraction=fraction,
                           l2=l2, labelled=labelled)
-  record = {"direction": info, "max_m": max_m, "num_eval": num_eval, "m_units": m_units,
-            "num_latents": num_latents, "fraction": fraction, "l2": l2,
-            "layers": None if layers is None else [int(i) for i in layers]}
   ms = np.linspace(-max_m, max_m, 13)
-  lat_eval = t.latents(jax.random.normal(jax.random.fold_in(key, 1), (num_eval, t.z_dim)), space)
 
   def scale(d):
     return gan.projection_std(labelled[0], d) if m_units == "std" else 1.0
+
+  selection = None
+  if auto:  # chosen on latents of their own, never the reported ones
+    lat_sel = t.latents(jax.random.normal(jax.random.fold_in(key, 2), (num_select, t.z_dim)),
+                        space)
+    layers, selection = select_layers(t, n, lat_sel, ms * scale(n), attribute, positive,
+                                      negative, conditions=conditions)
+  record = {"direction": info, "max_m": max_m, "num_eval": num_eval, "m_units": m_units,
+            "num_latents": num_latents, "fraction": fraction, "l2": l2,
+            "layers": None if layers is None else [int(i) for i in layers]}
+  if selection is not None:
+    record.update(layers_selected="auto", num_select=num_select, layer_selection=selection)
+  lat_eval = t.latents(jax.random.normal(jax.random.fold_in(key, 1), (num_eval, t.z_dim)), space)
 
   record["unconditioned"], _ = measure_edits(t, n, lat_eval, ms * scale(n), attribute, positive,
                                              negative, space=space, conditions=conditions,
@@ -324,6 +378,7 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   name += "_cond-" + "-".join(conditions) if conditions else ""
   name += "_unit" if m_units == "unit" else ""
   name += "_layers" + "-".join(map(str, layers)) if layers is not None else ""
+  name += "_auto" if selection is not None else ""
   np.save(_out(t, name)[:-4] + "_direction.npy", np.asarray(n))
   return _write(_out(t, name), t.images(grid, space), num_m, record, t, "edit")
 
@@ -468,7 +523,10 @@ def main(argv=None) -> int:
   c.add_argument("--fraction", type=float, default=0.1)
   c.add_argument("--l2", type=float, default=1e-2)
   c.add_argument("--layers", default=None,
-                 help="edit only these W+ layers, e.g. 4-5 (the finest: colour); --space w")
+                 help="edit only these W+ layers, e.g. 4-5 (the finest: colour), or 'auto' "
+                      "(pick the best contiguous range on --num-select other latents); --space w")
+  c.add_argument("--num-select", type=int, default=200,
+                 help="latents that --layers auto chooses the range on")
   cmds["arithmetic"].add_argument("--expr", required=True)
   c = cmds["discover"]
   c.add_argument("--directions", type=int, default=16)
@@ -494,7 +552,7 @@ def main(argv=None) -> int:
                 seeds=gan.parse_seeds(args.seeds), max_m=args.max_m,
                 num_latents=args.num_latents, num_eval=args.num_eval, seed=args.seed,
                 m_units=args.m_units, fraction=args.fraction, l2=args.l2,
-                layers=parse_layers(args.layers))
+                layers=parse_layers(args.layers), num_select=args.num_select)
   elif args.command == "arithmetic":
     path = arithmetic(t, args.expr, space=args.space, seed=args.seed)
   else:

@@ -531,13 +531,47 @@ def test_tools_interpolate_invert_edit_and_errors(style_run):
   with pytest.raises(ValueError, match="bad layer list 'fine'"):
     GT.parse_layers("fine")
   assert GT.parse_layers("all") is None and GT.parse_layers("4-5") == [4, 5]
+  assert GT.parse_layers("auto") == "auto"
+  with pytest.raises(ValueError, match="None or 'auto', got 'fine'"):
+    GT.edit(t, "size", "large", space="w", layers="fine")
+
+
+def test_select_layers_scores_every_contiguous_range(style_run):
+  """`select_layers` measures the edit on each of the L (L + 1) / 2 contiguous W+ ranges and
+  returns the best-scoring one (shortest, then earliest, on ties); `edit(layers='auto')`
+  records the choice and the table, and edits exactly the chosen layers."""
+  import json
+  from experiments import gan_tools as GT
+  t = GT.Trained.load(style_run)
+  num_ws = t.generator.config.num_ws
+  assert GT.layer_ranges(3) == [[0], [1], [2], [0, 1], [1, 2], [0, 1, 2]]
+  assert len(GT.layer_ranges(num_ws)) == num_ws * (num_ws + 1) // 2
+  w = np.asarray(t.latents(gan.latents_from_seeds(range(6), t.z_dim), "w"))
+  n = np.eye(w.shape[-1], dtype=np.float32)[1]
+  ms = np.linspace(-3, 3, 13)
+  best, table = GT.select_layers(t, n, w, ms, "color", [2], conditions=("position",))
+  assert [row["layers"] for row in table] == GT.layer_ranges(num_ws)
+  for row in table:
+    assert row["score"] == row["changes_and_position_stays_fraction"]
+  top = max(row["score"] for row in table)
+  first = next(row for row in table if row["score"] == top)  # table is shortest-first
+  assert best == first["layers"]
+  # Without conditions the score is "P rises & flips" (tolerance 0.001).
+  _, table = GT.select_layers(t, n, w, ms, "color", [2])
+  assert all(row["score"] == row["monotonic_and_flips_tol_0.001"] for row in table)
+  path = GT.edit(t, "color", "blue", conditions=("position",), space="w", num_latents=64,
+                 num_eval=4, seeds=[0], num_m=3, layers="auto", num_select=4)
+  rec = json.load(open(path[:-4] + ".json"))
+  assert rec["layers_selected"] == "auto" and rec["num_select"] == 4
+  assert rec["layers"] in GT.layer_ranges(num_ws) and len(rec["layer_selection"]) == len(
+      GT.layer_ranges(num_ws)) and path.endswith("_auto.png")
 
 
 def test_acceptance_protocol_writes_every_row(style_run):
   import json
   import os
   from experiments import gan_acceptance, gan_tools
-  rows = gan_acceptance.run(style_run, num_latents=64, num_eval=4)
+  rows = gan_acceptance.run(style_run, num_latents=64, num_eval=4, num_select=4)
   assert len(rows) == 2 * len(gan_acceptance.DIRECTIONS)
   for r in rows:
     for k in ("monotonic_logodds", "changes", "stays", "both", "monotonic_and_flips_tol_0"):
@@ -547,8 +581,14 @@ def test_acceptance_protocol_writes_every_row(style_run):
     assert (r["monotonic_and_flips_tol_0"] <= r["monotonic_and_flips_tol_0.001"]
             <= r["monotonic_and_flips_tol_0.01"])
   num_ws = gan_tools.Trained.load(style_run).generator.config.num_ws
-  assert {tuple(r["layer_indices"] or ()) for r in rows} == {
+  assert {tuple(r["layer_indices"] or ()) for r in rows if r["layers"] != "auto"} == {
       (), (num_ws - 2, num_ws - 1), (0, 1)}
+  for r in rows:
+    if r["layers"] == "auto":  # a contiguous range, the same for both variants of a direction
+      assert r["layer_indices"] in gan_tools.layer_ranges(num_ws)
+  auto = [r for r in rows if r["layers"] == "auto"]
+  assert len(auto) == 6 and all(a["layer_indices"] == b["layer_indices"]
+                                for a, b in zip(auto[::2], auto[1::2]))
   saved = json.load(open(os.path.join(style_run, "edits", "acceptance.json")))
   assert saved["rows"] == json.loads(json.dumps(rows)) and saved["checkpoint_step"] == 4
   assert gan_acceptance.table(rows).count("\n") == len(rows) + 1
