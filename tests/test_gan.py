@@ -539,7 +539,7 @@ def test_tools_interpolate_invert_edit_and_errors(style_run):
 def test_select_layers_scores_every_contiguous_range(style_run):
   """`select_layers` measures the edit on each of the L (L + 1) / 2 contiguous W+ ranges and
   returns the best-scoring one (shortest, then earliest, on ties); `edit(layers='auto')`
-  records the choice and the table, and edits exactly the chosen layers."""
+  records the choice and the table."""
   import json
   from experiments import gan_tools as GT
   t = GT.Trained.load(style_run)
