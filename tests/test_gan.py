@@ -186,6 +186,29 @@ def test_modulated_conv_is_stylegan2_weight_modulation(key):
   np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
+def test_instance_norm_option_makes_layers_ignore_input_channel_statistics(key):
+  """With `instance_norm` (StyleGAN's AdaIN normalisation), a modulated layer's output does
+  not depend on the per-channel mean and scale of its input, so only the style sets them;
+  the default (StyleGAN2 demodulation) passes a channel's scale on."""
+  x = jax.random.normal(key, (2, 4, 4, 3))
+  w = jax.random.normal(jax.random.fold_in(key, 1), (2, 6))
+  scale, shift = jnp.asarray([0.3, 2.0, 5.0]), jnp.asarray([1.0, -2.0, 0.5])
+  for norm in (True, False):
+    layer = ModulatedConv(5, instance_norm=norm)
+    v = jax.jit(lambda k, layer=layer: layer.init(k, x, w, None))(jax.random.key(0))
+    run = jax.jit(lambda v, x, layer=layer: layer.apply(v, x, w, None))
+    a, b = run(v, x), run(v, x * scale[None, None, None] + shift[None, None, None])
+    if norm:
+      np.testing.assert_allclose(a, b, atol=1e-4)
+    else:
+      assert float(jnp.max(jnp.abs(a - b))) > 0.1
+  cfg = StyleGANConfig(**{**SG.__dict__, "instance_norm": True})
+  g = StyleGenerator(cfg)
+  z = jax.random.normal(key, (2, cfg.z_dim))
+  img = jax.eval_shape(lambda: g.init_with_output({"params": key}, z)[0])
+  assert img.shape == (2, 8, 8, 3)
+
+
 def _modulated_conv_reference(p, x, w):
   styles = w @ (p["affine"]["kernel"] / math.sqrt(6)) + p["affine"]["bias"][None]  # [B, 3]
   weight = p["kernel"] / math.sqrt(27)

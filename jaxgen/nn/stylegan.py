@@ -102,6 +102,12 @@ class StyleGANConfig:
     style_mixing_prob: in training calls, the probability that a sample's layers from a
       random cutoff on take the w of a second random z (style-mixing regularisation, Karras
       et al. 2019 sec. 3.1; 0.9 in their FFHQ setting, 0 = off).
+    instance_norm: normalise every modulated layer's input per sample and channel over H, W
+      (zero mean, unit variance) before the style scales it, as StyleGAN's AdaIN does
+      (Karras et al. 2019, eq. 1 and sec. 3: "each style controls only one convolution
+      before being overridden by the next AdaIN"). StyleGAN2's demodulation (the default,
+      False) normalises by expected statistics only, so per-channel magnitudes set by one
+      style reach the following layers.
   """
   image_size: int = 16
   channels: int = 3
@@ -114,6 +120,7 @@ class StyleGANConfig:
   w_avg_beta: float = 0.995
   mbstd_group_size: int = 4
   style_mixing_prob: float = 0.0
+  instance_norm: bool = False
 
   def __post_init__(self):
     s = self.image_size
@@ -206,6 +213,13 @@ def _conv(x, w):
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _instance_norm(x, eps: float = 1e-8):
+  """Per sample and channel: zero mean, unit variance over H, W ([B, H, W, C])."""
+  mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
 class ModulatedConv(nn.Module):
   """Modulated 3x3 conv + noise + bias + leaky ReLU (StyleGAN2 sec. 2.2, eq. 1-3).
 
@@ -216,11 +230,14 @@ class ModulatedConv(nn.Module):
   """
   features: int
   up: bool = False
+  instance_norm: bool = False
 
   @nn.compact
   def __call__(self, x, w, noise):
     """x [B, H, W, Cin], w [B, w_dim], noise [B or 1, H', W', 1] or None -> [B, H', W', F]."""
     cin = x.shape[-1]
+    if self.instance_norm:
+      x = _instance_norm(x)
     styles = EqualDense(cin, bias_init=1.0, name="affine")(w)  # [B, Cin]
     weight = self.param("kernel", nn.initializers.normal(1.0), (3, 3, cin, self.features))
     weight = weight / math.sqrt(cin * 9)
@@ -240,10 +257,13 @@ class ModulatedConv(nn.Module):
 class ToRGB(nn.Module):
   """Modulated 1x1 conv to image channels, without demodulation or activation."""
   channels: int
+  instance_norm: bool = False
 
   @nn.compact
   def __call__(self, x, w):
     cin = x.shape[-1]
+    if self.instance_norm:
+      x = _instance_norm(x)
     styles = EqualDense(cin, bias_init=1.0, name="affine")(w) / math.sqrt(cin)
     weight = self.param("kernel", nn.initializers.normal(1.0), (1, 1, cin, self.channels))
     y = _conv(x * styles[:, None, None, :], weight)
@@ -302,14 +322,18 @@ class SynthesisNetwork(nn.Module):
     f4 = c.features(4)
     const = self.param("const", nn.initializers.normal(1.0), (4, 4, f4))
     x = jnp.broadcast_to(const[None], (b, 4, 4, f4))
-    x = ModulatedConv(f4, name="b4_conv1")(x, ws[:, 0], layer_noise(0))
-    img = ToRGB(c.channels, name="b4_torgb")(x, ws[:, 1])
+    inorm = c.instance_norm
+    x = ModulatedConv(f4, instance_norm=inorm, name="b4_conv1")(x, ws[:, 0], layer_noise(0))
+    img = ToRGB(c.channels, instance_norm=inorm, name="b4_torgb")(x, ws[:, 1])
     layer = 1
     for res in c.resolutions[1:]:
       f = c.features(res)
-      x = ModulatedConv(f, up=True, name=f"b{res}_conv0")(x, ws[:, layer], layer_noise(layer))
-      x = ModulatedConv(f, name=f"b{res}_conv1")(x, ws[:, layer + 1], layer_noise(layer + 1))
-      img = _upsample2x(img) + ToRGB(c.channels, name=f"b{res}_torgb")(x, ws[:, layer + 2])
+      x = ModulatedConv(f, up=True, instance_norm=inorm, name=f"b{res}_conv0")(
+          x, ws[:, layer], layer_noise(layer))
+      x = ModulatedConv(f, instance_norm=inorm, name=f"b{res}_conv1")(
+          x, ws[:, layer + 1], layer_noise(layer + 1))
+      img = _upsample2x(img) + ToRGB(c.channels, instance_norm=inorm, name=f"b{res}_torgb")(
+          x, ws[:, layer + 2])
       layer += 2
     return img
 
