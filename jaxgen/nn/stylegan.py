@@ -104,8 +104,8 @@ class StyleGANConfig:
       et al. 2019 sec. 3.1; 0.9 in their FFHQ setting, 0 = off).
     instance_norm: normalise every modulated layer's input per sample and channel over H, W
       (zero mean, unit variance) before the style scales it, as StyleGAN's AdaIN does
-      (Karras et al. 2019, eq. 1 and sec. 3: "each style controls only one convolution
-      before being overridden by the next AdaIN"). StyleGAN2's demodulation (the default,
+      (Karras et al. 2019, eq. 1 and sec. 3: a style acts on one convolution only, as the
+      next AdaIN resets the channel statistics). StyleGAN2's demodulation (the default,
       False) normalises by expected statistics only, so per-channel magnitudes set by one
       style reach the following layers.
   """
