@@ -280,9 +280,9 @@ def select_layers(t: Trained, direction, latents, magnitudes, attribute, positiv
     (layers: list of indices, table: one dict per range with 'layers', 'score' and the
     `measure_edits` fractions it was computed from).
   """
-  mask_check = _layer_mask(t, "w", [0])  # clear error for DCGANs before any work
+  _layer_mask(t, "w", [0])  # clear error for DCGANs before any work
   table = []
-  for layers in layer_ranges(len(mask_check)):
+  for layers in layer_ranges(t.generator.config.num_ws):
     r, _ = measure_edits(t, direction, latents, magnitudes, attribute, positive, negative,
                          space="w", conditions=conditions, layers=layers)
     score = (float(np.mean([r[f"changes_and_{c}_stays_fraction"] for c in conditions]))

@@ -1,6 +1,7 @@
 """GANs: losses vs formulas, R1 vs finite differences, one-compile steps, seeds, latent tools,
 the projector, latent directions and clear errors. Tiny models; compiled pieces are shared
 through module-scoped fixtures."""
+import dataclasses
 import math
 
 import jax
@@ -202,7 +203,7 @@ def test_instance_norm_option_makes_layers_ignore_input_channel_statistics(key):
       np.testing.assert_allclose(a, b, atol=1e-4)
     else:
       assert float(jnp.max(jnp.abs(a - b))) > 0.1
-  cfg = StyleGANConfig(**{**SG.__dict__, "instance_norm": True})
+  cfg = dataclasses.replace(SG, instance_norm=True)
   g = StyleGenerator(cfg)
   z = jax.random.normal(key, (2, cfg.z_dim))
   img = jax.eval_shape(lambda: g.init_with_output({"params": key}, z)[0])
