@@ -325,6 +325,9 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   auto = isinstance(layers, str)
   if auto and layers != "auto":
     raise ValueError(f"layers must be a list of W+ indices, None or 'auto', got {layers!r}.")
+  if auto and num_select < 1:
+    raise ValueError(f"layers='auto' needs num_select >= 1 latents to choose on, got "
+                     f"{num_select}.")
   _layer_mask(t, space, [0] if auto else layers)  # fail before any work
   _classes(t, attribute, positive, negative)
   for c in conditions:

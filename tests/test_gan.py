@@ -203,6 +203,8 @@ def test_instance_norm_option_makes_layers_ignore_input_channel_statistics(key):
       np.testing.assert_allclose(a, b, atol=1e-4)
     else:
       assert float(jnp.max(jnp.abs(a - b))) > 0.1
+  with pytest.raises(ValueError, match="instance_norm must be True or False, got 'yes'"):
+    dataclasses.replace(SG, instance_norm="yes")
   cfg = dataclasses.replace(SG, instance_norm=True)
   g = StyleGenerator(cfg)
   z = jax.random.normal(key, (2, cfg.z_dim))
@@ -558,6 +560,8 @@ def test_tools_interpolate_invert_edit_and_errors(style_run):
   assert GT.parse_layers("auto") == "auto"
   with pytest.raises(ValueError, match="None or 'auto', got 'fine'"):
     GT.edit(t, "size", "large", space="w", layers="fine")
+  with pytest.raises(ValueError, match="num_select >= 1"):
+    GT.edit(t, "size", "large", space="w", layers="auto", num_select=0)
 
 
 def test_select_layers_scores_every_contiguous_range(style_run):

@@ -134,6 +134,9 @@ class StyleGANConfig:
     if not 0.0 <= self.style_mixing_prob <= 1.0:
       raise ValueError(f"StyleGANConfig.style_mixing_prob must be in [0, 1], got "
                        f"{self.style_mixing_prob!r}.")
+    if not isinstance(self.instance_norm, (bool, np.bool_)):
+      raise ValueError(f"StyleGANConfig.instance_norm must be True or False, got "
+                       f"{self.instance_norm!r}.")
 
   @property
   def resolutions(self) -> tuple[int, ...]:
