@@ -203,13 +203,24 @@ def test_instance_norm_option_makes_layers_ignore_input_channel_statistics(key):
       np.testing.assert_allclose(a, b, atol=1e-4)
     else:
       assert float(jnp.max(jnp.abs(a - b))) > 0.1
-  with pytest.raises(ValueError, match="instance_norm must be True or False, got 'yes'"):
-    dataclasses.replace(SG, instance_norm="yes")
-  cfg = dataclasses.replace(SG, instance_norm=True)
-  g = StyleGenerator(cfg)
-  z = jax.random.normal(key, (2, cfg.z_dim))
-  img = jax.eval_shape(lambda: g.init_with_output({"params": key}, z)[0])
-  assert img.shape == (2, 8, 8, 3)
+  for bad in ("yes", (), (4,), (-1,), (True,), (1.0,)):
+    with pytest.raises(ValueError, match=r"instance_norm must be True, False or a non-empty "
+                       r"tuple of W\+ layer indices in \[0, 4\)"):
+      dataclasses.replace(SG, instance_norm=bad)
+  # A list (a config saved as JSON) is a tuple; True = every layer, a tuple = those layers.
+  assert dataclasses.replace(SG, instance_norm=[3, 2, 3]).instance_norm == (2, 3)
+  z = jax.random.normal(key, (2, SG.z_dim))
+  variables = StyleGenerator(SG).init({"params": key}, z)
+  images = {}
+  for norm in (False, True, (0, 1, 2, 3), (3,)):
+    cfg = dataclasses.replace(SG, instance_norm=norm)
+    assert [cfg.normalizes_layer(i) for i in range(4)] == [
+        norm if isinstance(norm, bool) else i in norm for i in range(4)]
+    images[str(norm)] = np.asarray(jax.jit(StyleGenerator(cfg).apply)(variables, z))
+  assert images["True"].shape == (2, 8, 8, 3)
+  np.testing.assert_allclose(images["(0, 1, 2, 3)"], images["True"], atol=1e-6)
+  for a, b in (("(3,)", "True"), ("(3,)", "False"), ("True", "False")):
+    assert np.max(np.abs(images[a] - images[b])) > 1e-3, (a, b)
 
 
 def _modulated_conv_reference(p, x, w):

@@ -102,12 +102,15 @@ class StyleGANConfig:
     style_mixing_prob: in training calls, the probability that a sample's layers from a
       random cutoff on take the w of a second random z (style-mixing regularisation, Karras
       et al. 2019 sec. 3.1; 0.9 in their FFHQ setting, 0 = off).
-    instance_norm: normalise every modulated layer's input per sample and channel over H, W
+    instance_norm: normalise a modulated layer's input per sample and channel over H, W
       (zero mean, unit variance) before the style scales it, as StyleGAN's AdaIN does
       (Karras et al. 2019, eq. 1 and sec. 3: a style acts on one convolution only, as the
-      next AdaIN resets the channel statistics). StyleGAN2's demodulation (the default,
-      False) normalises by expected statistics only, so per-channel magnitudes set by one
-      style reach the following layers.
+      next AdaIN resets the channel statistics). False (the default, StyleGAN2's
+      demodulation, which normalises by expected statistics only, so per-channel magnitudes
+      set by one style reach the following layers), True (every layer), or a tuple of W+
+      layer indices in [0, num_ws) (the layers whose w is ``ws[:, i]``; e.g. ``(4, 5)`` for
+      the 16x16 block's second conv and toRGB at image_size 16). A list is taken as a tuple
+      (config files saved as JSON).
   """
   image_size: int = 16
   channels: int = 3
@@ -120,7 +123,7 @@ class StyleGANConfig:
   w_avg_beta: float = 0.995
   mbstd_group_size: int = 4
   style_mixing_prob: float = 0.0
-  instance_norm: bool = False
+  instance_norm: bool | tuple[int, ...] = False
 
   def __post_init__(self):
     s = self.image_size
@@ -134,9 +137,21 @@ class StyleGANConfig:
     if not 0.0 <= self.style_mixing_prob <= 1.0:
       raise ValueError(f"StyleGANConfig.style_mixing_prob must be in [0, 1], got "
                        f"{self.style_mixing_prob!r}.")
-    if not isinstance(self.instance_norm, (bool, np.bool_)):
-      raise ValueError(f"StyleGANConfig.instance_norm must be True or False, got "
-                       f"{self.instance_norm!r}.")
+    inorm = self.instance_norm
+    if isinstance(inorm, (bool, np.bool_)):
+      object.__setattr__(self, "instance_norm", bool(inorm))
+    elif (isinstance(inorm, (tuple, list)) and inorm
+          and all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))
+                  and 0 <= i < self.num_ws for i in inorm)):
+      object.__setattr__(self, "instance_norm", tuple(sorted({int(i) for i in inorm})))
+    else:
+      raise ValueError(f"StyleGANConfig.instance_norm must be True, False or a non-empty "
+                       f"tuple of W+ layer indices in [0, {self.num_ws}), got {inorm!r}.")
+
+  def normalizes_layer(self, index: int) -> bool:
+    """Whether the modulated layers taking ``ws[:, index]`` normalise their input."""
+    inorm = self.instance_norm
+    return inorm if isinstance(inorm, bool) else index in inorm
 
   @property
   def resolutions(self) -> tuple[int, ...]:
@@ -325,18 +340,18 @@ class SynthesisNetwork(nn.Module):
     f4 = c.features(4)
     const = self.param("const", nn.initializers.normal(1.0), (4, 4, f4))
     x = jnp.broadcast_to(const[None], (b, 4, 4, f4))
-    inorm = c.instance_norm
-    x = ModulatedConv(f4, instance_norm=inorm, name="b4_conv1")(x, ws[:, 0], layer_noise(0))
-    img = ToRGB(c.channels, instance_norm=inorm, name="b4_torgb")(x, ws[:, 1])
+    inorm = c.normalizes_layer
+    x = ModulatedConv(f4, instance_norm=inorm(0), name="b4_conv1")(x, ws[:, 0], layer_noise(0))
+    img = ToRGB(c.channels, instance_norm=inorm(1), name="b4_torgb")(x, ws[:, 1])
     layer = 1
     for res in c.resolutions[1:]:
       f = c.features(res)
-      x = ModulatedConv(f, up=True, instance_norm=inorm, name=f"b{res}_conv0")(
+      x = ModulatedConv(f, up=True, instance_norm=inorm(layer), name=f"b{res}_conv0")(
           x, ws[:, layer], layer_noise(layer))
-      x = ModulatedConv(f, instance_norm=inorm, name=f"b{res}_conv1")(
+      x = ModulatedConv(f, instance_norm=inorm(layer + 1), name=f"b{res}_conv1")(
           x, ws[:, layer + 1], layer_noise(layer + 1))
-      img = _upsample2x(img) + ToRGB(c.channels, instance_norm=inorm, name=f"b{res}_torgb")(
-          x, ws[:, layer + 2])
+      img = _upsample2x(img) + ToRGB(c.channels, instance_norm=inorm(layer + 2),
+                                     name=f"b{res}_torgb")(x, ws[:, layer + 2])
       layer += 2
     return img
 
