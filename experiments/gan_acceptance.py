@@ -20,8 +20,9 @@ m in linspace(-3, 3, 13) (m in standard deviations of the latents along n) and m
 
 Rows marked [fine] / [coarse] edit only those W+ layers (`gan_tools.edit(layers=)`); the
 direction is the same one fitted on w. Rows marked [auto] edit the contiguous layer range
-that `gan_tools.select_layers` found best for the unconditioned edit ("both" for the row's
-condition) on 200 other latents; the conditioned variant uses the same range.
+that `gan_tools.select_layers` found best for the unconditioned edit (P rises & flips and
+the row's condition stays) on 200 other latents; the conditioned variant uses the same range.
+The JSON rows also hold "rises_flips_and_stays": P rises & flips (0.001) and stays, per latent.
 
 Writes ``WORKDIR/edits/acceptance.json`` (every record) and prints a markdown table; the
 edit grids are the usual ``WORKDIR/edits/edit_*.png``.
@@ -97,6 +98,7 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
           "changes": r["target_changes_fraction"],
           "stays": r[f"{condition}_stays_fraction"],
           "both": r[f"changes_and_{condition}_stays_fraction"],
+          "rises_flips_and_stays": r[f"rises_flips_and_{condition}_stays_fraction"],
           "grid": os.path.relpath(path, workdir), "seconds": time.perf_counter() - start})
   out = os.path.join(workdir, "edits", "acceptance.json")
   with open(out, "w") as f:

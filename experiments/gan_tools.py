@@ -193,7 +193,9 @@ def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positiv
   so equal values count as monotonic); the target's predicted class differs between the
   extreme m ('target_changes') or goes from a negative to a positive class ('target_flips');
   each of `conditions` keeps its predicted class at every m; 'monotonic_and_flips_tol_*': P
-  never decreases by more than the tolerance and the class goes from negative to positive.
+  never decreases by more than the tolerance and the class goes from negative to positive;
+  per condition c, 'changes_and_{c}_stays' and 'rises_flips_and_{c}_stays' (the latter: P
+  rises within 0.001 and flips, and c stays: the edit does what it is for, only that).
   `layers` (W only): edit just these W+ layers (`gan.layer_mask`), the others keep w.
   Returns (dict, log-odds [M, B]).
   """
@@ -219,10 +221,12 @@ def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positiv
              target_changes_fraction=float(changes.mean()),
              p_positive_mean_by_m=p_pos.mean(1).tolist(),
              logodds_median_by_m=np.median(logodds, 1).tolist())
+  rises_flips = gan.rises_and_flips(p_pos, cls, pos, neg, tol=0.001)
   for c in conditions:
     stays = np.all(logits[c].argmax(-1) == logits[c].argmax(-1)[m_ // 2][None], axis=0)
     out[f"{c}_stays_fraction"] = float(stays.mean())
     out[f"changes_and_{c}_stays_fraction"] = float((changes & stays).mean())
+    out[f"rises_flips_and_{c}_stays_fraction"] = float((rises_flips & stays).mean())
   return out, logodds
 
 
@@ -270,11 +274,12 @@ def select_layers(t: Trained, direction, latents, magnitudes, attribute, positiv
   et al. 2020 sec. 3, choose a layer range per edit; StyleGAN sec. 3.1: coarse layers hold
   geometry, fine ones colour), by measuring the edit on every range.
 
-  Score of a range: with `conditions`, the mean over them of the fraction of latents whose
-  target class changes between the extreme m while the conditioned attribute keeps its m = 0
-  class ("both"); without, the fraction whose P(positive) rises (within 0.001) and flips from
-  a negative to a positive class. Ties go to the shorter range, then the earlier one. Pass
-  latents that are not the ones you report on (selection is fitting).
+  Score of a range: the fraction of latents whose P(positive) rises (never falls by more
+  than 0.001) and flips from a negative to a positive class; with `conditions`, of those
+  whose conditioned attribute also keeps its m = 0 class at every m (mean over the
+  conditions). A range that changes the class without reaching the positive one (red ->
+  green for "blue vs rest") does not score. Ties go to the shorter range, then the earlier
+  one. Pass latents that are not the ones you report on (selection is fitting).
 
   Returns:
     (layers: list of indices, table: one dict per range with 'layers', 'score' and the
@@ -285,11 +290,12 @@ def select_layers(t: Trained, direction, latents, magnitudes, attribute, positiv
   for layers in layer_ranges(t.generator.config.num_ws):
     r, _ = measure_edits(t, direction, latents, magnitudes, attribute, positive, negative,
                          space="w", conditions=conditions, layers=layers)
-    score = (float(np.mean([r[f"changes_and_{c}_stays_fraction"] for c in conditions]))
+    score = (float(np.mean([r[f"rises_flips_and_{c}_stays_fraction"] for c in conditions]))
              if conditions else r["monotonic_and_flips_tol_0.001"])
     keep = ("target_changes_fraction", "monotonic_and_flips_tol_0.001",
             *(f"{c}_stays_fraction" for c in conditions),
-            *(f"changes_and_{c}_stays_fraction" for c in conditions))
+            *(f"changes_and_{c}_stays_fraction" for c in conditions),
+            *(f"rises_flips_and_{c}_stays_fraction" for c in conditions))
     table.append({"layers": layers, "score": score, **{k: r[k] for k in keep}})
   best = max(table, key=lambda row: (row["score"], -len(row["layers"]), -row["layers"][0]))
   return best["layers"], table

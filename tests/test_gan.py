@@ -386,6 +386,8 @@ def test_monotonic_and_flips_needs_both():
   cls = (p > 0.5).astype(int)  # class 1 positive, 0 negative
   assert gan.monotonic_and_flips_fraction(p, cls, 1, 0) == 0.25
   assert gan.monotonic_and_flips_fraction(p, cls, 1, 0, tol=0.05) == 0.5
+  np.testing.assert_array_equal(gan.rises_and_flips(p, cls, 1, 0, tol=0.05),
+                                [True, False, True, False])
   assert gan.monotonic_fraction(p) == 0.75  # monotonic alone counts the unmoved columns
 
 
@@ -591,7 +593,9 @@ def test_select_layers_scores_every_contiguous_range(style_run):
   best, table = GT.select_layers(t, n, w, ms, "color", [2], conditions=("position",))
   assert [row["layers"] for row in table] == GT.layer_ranges(num_ws)
   for row in table:
-    assert row["score"] == row["changes_and_position_stays_fraction"]
+    assert row["score"] == row["rises_flips_and_position_stays_fraction"]
+    assert row["score"] <= min(row["monotonic_and_flips_tol_0.001"],
+                               row["changes_and_position_stays_fraction"])
   top = max(row["score"] for row in table)
   first = next(row for row in table if row["score"] == top)  # table is shortest-first
   assert best == first["layers"]
@@ -616,6 +620,9 @@ def test_acceptance_protocol_writes_every_row(style_run):
     for k in ("monotonic_logodds", "changes", "stays", "both", "monotonic_and_flips_tol_0"):
       assert 0 <= r[k] <= 1, (r, k)
     assert r["both"] <= min(r["changes"], r["stays"])
+    # per latent: rises & flips and stays (so between the two bounds of an intersection)
+    rf = r["monotonic_and_flips_tol_0.001"]
+    assert rf + r["stays"] - 1 <= r["rises_flips_and_stays"] <= min(rf, r["stays"])
     # a stricter tolerance can only count fewer latents
     assert (r["monotonic_and_flips_tol_0"] <= r["monotonic_and_flips_tol_0.001"]
             <= r["monotonic_and_flips_tol_0.01"])

@@ -25,7 +25,7 @@ from flax import struct
 __all__ = ["attribute_index", "attribute_score", "attribute_logodds", "select_confident",
            "fit_linear_classifier", "supervised_direction", "conditional_direction",
            "edit_latents", "layer_mask", "projection_std", "monotonic_fraction",
-           "monotonic_and_flips_fraction", "normalize_directions",
+           "monotonic_and_flips_fraction", "normalize_directions", "rises_and_flips",
            "VoynovState", "init_voynov", "make_voynov_step"]
 
 
@@ -282,15 +282,20 @@ def edit_latents(latents, direction, magnitudes, mask=None):
   return latents[None] + m[:, None, None, None] * mask[None, None, :, None] * n[None, None, None]
 
 
-def monotonic_and_flips_fraction(values, classes, positive, negative, *, tol: float = 0.0):
-  """Fraction of latents whose score ``values`` [M, B] never decreases along M by more than
-  `tol` AND whose predicted class ``classes`` [M, B] goes from one of `negative` at the first
-  m to one of `positive` at the last: the score both moves and moves one way (a saturated,
+def rises_and_flips(values, classes, positive, negative, *, tol: float = 0.0):
+  """Per latent [B]: the score ``values`` [M, B] never decreases along M by more than `tol`
+  AND the predicted class ``classes`` [M, B] goes from one of `negative` at the first m to
+  one of `positive` at the last: the score both moves and moves one way (a saturated,
   unchanged score alone does not count)."""
   v, c = np.asarray(values, np.float64), np.asarray(classes)
   mono = np.all(np.diff(v, axis=0) >= -tol, axis=0)
   flips = np.isin(c[0], np.atleast_1d(negative)) & np.isin(c[-1], np.atleast_1d(positive))
-  return float(np.mean(mono & flips))
+  return mono & flips
+
+
+def monotonic_and_flips_fraction(values, classes, positive, negative, *, tol: float = 0.0):
+  """Fraction of latents for which `rises_and_flips` holds."""
+  return float(np.mean(rises_and_flips(values, classes, positive, negative, tol=tol)))
 
 
 def monotonic_fraction(values, *, increasing: bool = True, tol: float = 0.0) -> float:
