@@ -577,6 +577,34 @@ def test_tools_interpolate_invert_edit_and_errors(style_run):
     GT.edit(t, "size", "large", space="w", layers="auto", num_select=0)
 
 
+def test_measure_edits_counts_each_outcome_per_latent(style_run, monkeypatch):
+  """The fractions `measure_edits` reports, on classifier outputs set by hand: four latents,
+  three m. Colour class 2 is the positive one, position the condition."""
+  from experiments import gan_tools as GT
+  t = GT.Trained.load(style_run)
+  colour_path = [[0, 1, 2],   # rises and flips, position stays
+                 [0, 1, 2],   # rises and flips, position moves at the last m
+                 [0, 1, 1],   # changes but never reaches class 2, position stays
+                 [0, 2, 0]]   # up and back down, position stays
+  position_path = [[4, 4, 4], [4, 4, 7], [4, 4, 4], [4, 4, 4]]
+
+  def one_hot_logits(paths, k):  # [latent][m] classes -> [M * B, k], M-major like the edits
+    cls = np.asarray(paths).T.reshape(-1)
+    return 10.0 * np.eye(k, dtype=np.float32)[cls]
+
+  monkeypatch.setattr(GT, "classifier_logits", lambda t, images: {
+      "color": one_hot_logits(colour_path, 4), "position": one_hot_logits(position_path, 9)})
+  w = np.asarray(t.latents(gan.latents_from_seeds(range(4), t.z_dim), "w"))
+  n = np.eye(w.shape[-1], dtype=np.float32)[0]
+  r, _ = GT.measure_edits(t, n, w, np.array([-1.0, 0.0, 1.0]), "color", [2], space="w",
+                          conditions=("position",))
+  assert r["monotonic_and_flips_tol_0.001"] == 0.5  # latents 0, 1
+  assert r["target_changes_fraction"] == 0.75  # latents 0, 1, 2
+  assert r["position_stays_fraction"] == 0.75  # latents 0, 2, 3
+  assert r["changes_and_position_stays_fraction"] == 0.5  # latents 0, 2
+  assert r["rises_flips_and_position_stays_fraction"] == 0.25  # latent 0 only
+
+
 def test_select_layers_scores_every_contiguous_range(style_run):
   """`select_layers` measures the edit on each of the L (L + 1) / 2 contiguous W+ ranges and
   returns the best-scoring one (shortest, then earliest, on ties); `edit(layers='auto')`
