@@ -16,13 +16,14 @@ m in linspace(-3, 3, 13) (m in standard deviations of the latents along n) and m
   saturated P that never moves does not count);
 - changes: the predicted class of the target attribute differs between m = -3 and +3;
 - stays: the conditioned attribute's predicted class equals its m = 0 class at every m;
-- both: changes and stays.
+- both: changes and stays;
+- rises & flips (0.001) and stays: both of those on the same latent (what a conditional
+  edit is for: reach the target value and leave the condition alone).
 
 Rows marked [fine] / [coarse] edit only those W+ layers (`gan_tools.edit(layers=)`); the
 direction is the same one fitted on w. Rows marked [auto] edit the contiguous layer range
 that `gan_tools.select_layers` found best for the unconditioned edit (P rises & flips and
 the row's condition stays) on 200 other latents; the conditioned variant uses the same range.
-The JSON rows also hold "rises_flips_and_stays": P rises & flips (0.001) and stays, per latent.
 
 Writes ``WORKDIR/edits/acceptance.json`` (every record) and prints a markdown table; the
 edit grids are the usual ``WORKDIR/edits/edit_*.png``.
@@ -111,7 +112,8 @@ def table(rows: list[dict]) -> str:
   """Markdown table of `run`'s rows."""
   lines = ["| direction (conditioned on) [layers] | SVM acc. | monotonic log-odds "
            "| P non-decreasing | P rises & flips (tol 0 / 0.001 / 0.01) | changes "
-           "| stays (measured attr.) | both |", "|---|---|---|---|---|---|---|---|"]
+           "| stays (measured attr.) | both | rises & flips (0.001) and stays |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     name = r["direction"] + (f" ({r['condition']})" if r["condition"] else "")
     name += f" [{r['layers']} {r['layer_indices']}]" if r.get("layers") else ""
@@ -120,7 +122,8 @@ def table(rows: list[dict]) -> str:
     lines.append(
         f"| {name} | {r['svm_train_accuracy']:.3f} | {100 * r['monotonic_logodds']:.1f}% | "
         f"{100 * r['monotonic_p_tol_0']:.1f}% | {flips} | {100 * r['changes']:.1f}% | "
-        f"{100 * r['stays']:.1f}% ({r['measured_condition']}) | {100 * r['both']:.1f}% |")
+        f"{100 * r['stays']:.1f}% ({r['measured_condition']}) | {100 * r['both']:.1f}% | "
+        f"{100 * r['rises_flips_and_stays']:.1f}% |")
   return "\n".join(lines)
 
 

@@ -691,6 +691,13 @@ def test_configs_build():
     assert jax.eval_shape(lambda v: g.apply(v, z), variables).shape == (2,) + shape
     with pytest.raises(ValueError, match="unknown variant"):
       load_config(f"experiments/configs/{name}.py:tiny")
+  # the named recipe is exactly the documented overrides of `regularized`
+  late = load_config("experiments/configs/stylegan_shapes.py:late_norm")
+  overridden = load_config("experiments/configs/stylegan_shapes.py:regularized",
+                           ["options.r1_gamma=1.0", "model.instance_norm=(4, 5)"])
+  assert late.to_dict() == overridden.to_dict()
+  regularized = load_config("experiments/configs/stylegan_shapes.py:regularized")
+  assert late.to_dict() != regularized.to_dict()
   config = load_config("experiments/configs/dcgan_digits.py:smoke", ["options.loss='wgan'"])
   with pytest.raises(ValueError, match="unknown GAN loss 'wgan'"):
     G.train(config, "/tmp/never-created-gan-workdir")
