@@ -14,6 +14,9 @@ m in linspace(-3, 3, 13) (m in standard deviations of the latents along n) and m
 - P rises & flips: P(positive) never decreases by more than a tolerance (0, 0.001, 0.01)
   AND the predicted class goes from a negative value at m = -3 to a positive one at +3 (so a
   saturated P that never moves does not count);
+- unsaturated log-odds rises & flips: the exact log-odds never decreases, by any amount, on
+  a step where 0.001 < P(positive) < 0.999 at either end, and the class flips as above
+  (steps where the classifier is saturated are not judged: `gan.rises_where_unsaturated`);
 - changes: the predicted class of the target attribute differs between m = -3 and +3;
 - stays: the conditioned attribute's predicted class equals its m = 0 class at every m;
 - both: changes and stays;
@@ -94,6 +97,7 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
           "svm_train_accuracy": record["direction"]["train_accuracy"],
           "monotonic_logodds": r["monotonic_logodds"],
           "monotonic_p_tol_0": r["monotonic_fraction_tol_0"],
+          "logodds_rises_unsaturated_and_flips": r["logodds_rises_unsaturated_and_flips"],
           **{f"monotonic_and_flips_tol_{tol}": r[f"monotonic_and_flips_tol_{tol}"]
              for tol in ("0", "0.001", "0.01")},
           "changes": r["target_changes_fraction"],
@@ -111,9 +115,10 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
 def table(rows: list[dict]) -> str:
   """Markdown table of `run`'s rows."""
   lines = ["| direction (conditioned on) [layers] | SVM acc. | monotonic log-odds "
-           "| P non-decreasing | P rises & flips (tol 0 / 0.001 / 0.01) | changes "
+           "| P non-decreasing | P rises & flips (tol 0 / 0.001 / 0.01) "
+           "| unsaturated log-odds rises & flips | changes "
            "| stays (measured attr.) | both | rises & flips (0.001) and stays |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     name = r["direction"] + (f" ({r['condition']})" if r["condition"] else "")
     name += f" [{r['layers']} {r['layer_indices']}]" if r.get("layers") else ""
@@ -121,7 +126,8 @@ def table(rows: list[dict]) -> str:
                        for tol in ("0", "0.001", "0.01"))
     lines.append(
         f"| {name} | {r['svm_train_accuracy']:.3f} | {100 * r['monotonic_logodds']:.1f}% | "
-        f"{100 * r['monotonic_p_tol_0']:.1f}% | {flips} | {100 * r['changes']:.1f}% | "
+        f"{100 * r['monotonic_p_tol_0']:.1f}% | {flips} | "
+        f"{100 * r['logodds_rises_unsaturated_and_flips']:.1f}% | {100 * r['changes']:.1f}% | "
         f"{100 * r['stays']:.1f}% ({r['measured_condition']}) | {100 * r['both']:.1f}% | "
         f"{100 * r['rises_flips_and_stays']:.1f}% |")
   return "\n".join(lines)

@@ -194,6 +194,8 @@ def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positiv
   extreme m ('target_changes') or goes from a negative to a positive class ('target_flips');
   each of `conditions` keeps its predicted class at every m; 'monotonic_and_flips_tol_*': P
   never decreases by more than the tolerance and the class goes from negative to positive;
+  'logodds_rises_unsaturated_and_flips': the exact log-odds never decreases on a step where
+  0.001 < P < 0.999 at either end, and the class flips (`gan.rises_where_unsaturated`);
   per condition c, 'changes_and_{c}_stays' and 'rises_flips_and_{c}_stays' (the latter: P
   rises within 0.001 and flips, and c stays: the edit does what it is for, only that).
   `layers` (W only): edit just these W+ layers (`gan.layer_mask`), the others keep w.
@@ -219,6 +221,8 @@ def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positiv
                  for tol in (0.0, 0.001, 0.01)}  # per latent
   out.update({f"monotonic_and_flips_tol_{tol:g}": float(v.mean())
               for tol, v in rises_flips.items()})
+  out["logodds_rises_unsaturated_and_flips"] = float(
+      gan.rises_where_unsaturated(logodds, p_pos, cls, pos, neg, saturation=1e-3).mean())
   out.update(target_flips_fraction=float(flips.mean()),
              target_changes_fraction=float(changes.mean()),
              p_positive_mean_by_m=p_pos.mean(1).tolist(),

@@ -391,6 +391,29 @@ def test_monotonic_and_flips_needs_both():
   assert gan.monotonic_fraction(p) == 0.75  # monotonic alone counts the unmoved columns
 
 
+def test_rises_where_unsaturated_judges_only_informative_steps():
+  # columns (4 m each): dips only while P < 1e-3, then rises and flips; dips by 1e-6 at
+  # P = 0.3; rises but ends on the negative class; dips only while P > 0.999; dips on a step
+  # that leaves the saturated range (P 1e-4 -> 0.01)
+  lo = np.array([[-9.0, -2.0, -2.0, 5.0, -9.0], [-10.0, -1.0, -1.0, 8.0, -9.0],
+                 [-3.0, -1.000001, 0.0, 7.0, -9.5], [4.0, 3.0, 0.5, 9.0, 4.0]])
+  p = np.array([[1e-5, 0.1, 0.1, 0.9995, 1e-5], [1e-6, 0.3, 0.3, 0.9999, 1e-4],
+                [0.05, 0.3, 0.4, 0.9991, 0.01], [0.98, 0.9, 0.45, 0.9999, 0.98]])
+  cls = np.where(p > 0.5, 1, 0)
+  cls[:, 3] = [0, 1, 1, 1]  # column 3 starts on the negative class (P is another class's)
+  np.testing.assert_array_equal(gan.rises_where_unsaturated(lo, p, cls, 1, 0),
+                                [True, False, False, True, False])
+  # the exact log-odds alone counts none of the dipping columns
+  assert gan.monotonic_fraction(lo) == 0.2
+  # saturation 0 judges every step: only the strictly rising column 2 is left, and it
+  # does not flip
+  assert not gan.rises_where_unsaturated(lo, p, cls, 1, 0, saturation=0.0).any()
+  with pytest.raises(ValueError, match="share one"):
+    gan.rises_where_unsaturated(lo, p[:, :2], cls, 1, 0)
+  with pytest.raises(ValueError, match=r"saturation must be in \[0, 0.5\)"):
+    gan.rises_where_unsaturated(lo, p, cls, 1, 0, saturation=0.5)
+
+
 def test_attribute_logodds_is_exact_and_does_not_saturate():
   logits = jnp.array([[2.0, 0.0, -1.0], [30.0, 0.0, 0.0]])
   # log(e^2 / (e^0 + e^-1)) and log(e^30 / 2)
@@ -603,6 +626,8 @@ def test_measure_edits_counts_each_outcome_per_latent(style_run, monkeypatch):
   assert r["position_stays_fraction"] == 0.75  # latents 0, 2, 3
   assert r["changes_and_position_stays_fraction"] == 0.5  # latents 0, 2
   assert r["rises_flips_and_position_stays_fraction"] == 0.25  # latent 0 only
+  # latent 3's fall from P ~ 1 to P ~ 0 is judged: it counts as a decrease
+  assert r["logodds_rises_unsaturated_and_flips"] == 0.5  # latents 0, 1
 
 
 def test_select_layers_scores_every_contiguous_range(style_run):

@@ -8,7 +8,8 @@ from jaxgen.gan.directions import (VoynovState, attribute_index, attribute_logod
                                    fit_linear_classifier, init_voynov, layer_mask,
                                    make_voynov_step, monotonic_and_flips_fraction,
                                    monotonic_fraction, normalize_directions, projection_std,
-                                   rises_and_flips, select_confident, supervised_direction)
+                                   rises_and_flips, rises_where_unsaturated, select_confident,
+                                   supervised_direction)
 from jaxgen.gan.latent import (group_mask, group_mean, interpolate, latent_arithmetic,
                                latents_from_seeds, lerp, parse_seeds, slerp, truncate)
 from jaxgen.gan.losses import (LOSSES, d_loss_hinge, d_loss_logistic, g_loss_hinge,
@@ -24,8 +25,8 @@ __all__ = [
     "VoynovState", "attribute_index", "attribute_logodds", "attribute_score",
     "conditional_direction", "edit_latents", "fit_linear_classifier", "init_voynov",
     "layer_mask", "make_voynov_step", "monotonic_and_flips_fraction", "monotonic_fraction",
-    "normalize_directions", "projection_std", "rises_and_flips", "select_confident",
-    "supervised_direction",
+    "normalize_directions", "projection_std", "rises_and_flips", "rises_where_unsaturated",
+    "select_confident", "supervised_direction",
     "group_mask", "group_mean", "interpolate", "latent_arithmetic", "latents_from_seeds", "lerp",
     "parse_seeds", "slerp", "truncate", "LOSSES", "d_loss_hinge", "d_loss_logistic",
     "g_loss_hinge", "g_loss_minimax", "g_loss_nonsaturating", "get_losses", "path_lengths",

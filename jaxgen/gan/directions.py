@@ -293,6 +293,33 @@ def rises_and_flips(values, classes, positive, negative, *, tol: float = 0.0):
   return mono & flips
 
 
+def rises_where_unsaturated(logodds, probs, classes, positive, negative, *,
+                            saturation: float = 1e-3):
+  """Per latent [B]: the exact log-odds [M, B] never decreases on a step of M where the
+  classifier is not saturated, AND the predicted class goes from one of `negative` to one of
+  `positive` (as `rises_and_flips`).
+
+  A step m_i -> m_{i+1} is unsaturated if P(positive) (``probs`` [M, B]) lies in
+  (saturation, 1 - saturation) at either end. Steps where P stays below `saturation` (or
+  above 1 - saturation) are not judged: there the log-odds of two classes that are both
+  far from the image (a blue-to-red edit passing through green: P(red), P(blue) < 1e-3) is
+  a difference of two "not this class" logits, which the classifier was never trained to
+  order. Unlike a tolerance on P, every decrease where P carries information counts,
+  however small."""
+  lo, p, c = (np.asarray(a) for a in (logodds, probs, classes))
+  lo, p = lo.astype(np.float64), p.astype(np.float64)
+  if not lo.shape == p.shape == c.shape or lo.ndim != 2:
+    raise ValueError(f"logodds, probs and classes must share one [M, B] shape, got "
+                     f"{lo.shape}, {p.shape}, {c.shape}.")
+  if not 0.0 <= saturation < 0.5:
+    raise ValueError(f"saturation must be in [0, 0.5), got {saturation}.")
+  hi, low = np.maximum(p[:-1], p[1:]), np.minimum(p[:-1], p[1:])
+  judged = (hi > saturation) & (low < 1.0 - saturation)
+  rises = ~np.any(judged & (np.diff(lo, axis=0) < 0), axis=0)
+  flips = np.isin(c[0], np.atleast_1d(negative)) & np.isin(c[-1], np.atleast_1d(positive))
+  return rises & flips
+
+
 def monotonic_and_flips_fraction(values, classes, positive, negative, *, tol: float = 0.0):
   """Fraction of latents for which `rises_and_flips` holds."""
   return float(np.mean(rises_and_flips(values, classes, positive, negative, tol=tol)))
