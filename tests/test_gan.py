@@ -395,12 +395,11 @@ def test_rises_where_unsaturated_judges_only_informative_steps():
   # columns (4 m each): dips only while P < 1e-3, then rises and flips; dips by 1e-6 at
   # P = 0.3; rises but ends on the negative class; dips only while P > 0.999; dips on a step
   # that leaves the saturated range (P 1e-4 -> 0.01)
-  lo = np.array([[-9.0, -2.0, -2.0, 5.0, -9.0], [-10.0, -1.0, -1.0, 8.0, -9.0],
+  lo = np.array([[-9.0, -2.0, -2.0, -5.0, -9.0], [-10.0, -1.0, -1.0, 8.0, -9.0],
                  [-3.0, -1.000001, 0.0, 7.0, -9.5], [4.0, 3.0, 0.5, 9.0, 4.0]])
-  p = np.array([[1e-5, 0.1, 0.1, 0.9995, 1e-5], [1e-6, 0.3, 0.3, 0.9999, 1e-4],
+  p = np.array([[1e-5, 0.1, 0.1, 0.01, 1e-5], [1e-6, 0.3, 0.3, 0.9999, 1e-4],
                 [0.05, 0.3, 0.4, 0.9991, 0.01], [0.98, 0.9, 0.45, 0.9999, 0.98]])
   cls = np.where(p > 0.5, 1, 0)
-  cls[:, 3] = [0, 1, 1, 1]  # column 3 starts on the negative class (P is another class's)
   np.testing.assert_array_equal(gan.rises_where_unsaturated(lo, p, cls, 1, 0),
                                 [True, False, False, True, False])
   # the exact log-odds alone counts none of the dipping columns
