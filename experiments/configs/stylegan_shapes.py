@@ -9,7 +9,7 @@ better-behaved latent directions, worse classifier-FID.
 
 Variant ``late_norm``: ``regularized`` plus an AdaIN-style instance normalisation on the last
 block only (W+ layers 4 and 5, ``model.instance_norm=(4, 5)``) and R1 gamma 1.0: the recipe
-on which the colour direction meets the issue's editing bars on one seed (14) of six
+on which the colour direction meets the issue's editing bars on one seed (14) of eight
 (docs/gans.md, "Instance norm on the last block only"). Same as
 ``:regularized --set options.r1_gamma=1.0 --set "model.instance_norm=(4, 5)"``.
 """
