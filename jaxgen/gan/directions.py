@@ -282,15 +282,21 @@ def edit_latents(latents, direction, magnitudes, mask=None):
   return latents[None] + m[:, None, None, None] * mask[None, None, :, None] * n[None, None, None]
 
 
+def _flips(classes, positive, negative):
+  """Per latent [B]: the class [M, B] is one of `negative` at the first m, one of `positive`
+  at the last."""
+  c = np.asarray(classes)
+  return np.isin(c[0], np.atleast_1d(negative)) & np.isin(c[-1], np.atleast_1d(positive))
+
+
 def rises_and_flips(values, classes, positive, negative, *, tol: float = 0.0):
   """Per latent [B]: the score ``values`` [M, B] never decreases along M by more than `tol`
   AND the predicted class ``classes`` [M, B] goes from one of `negative` at the first m to
   one of `positive` at the last: the score both moves and moves one way (a saturated,
   unchanged score alone does not count)."""
-  v, c = np.asarray(values, np.float64), np.asarray(classes)
+  v = np.asarray(values, np.float64)
   mono = np.all(np.diff(v, axis=0) >= -tol, axis=0)
-  flips = np.isin(c[0], np.atleast_1d(negative)) & np.isin(c[-1], np.atleast_1d(positive))
-  return mono & flips
+  return mono & _flips(classes, positive, negative)
 
 
 def rises_where_unsaturated(logodds, probs, classes, positive, negative, *,
@@ -316,8 +322,7 @@ def rises_where_unsaturated(logodds, probs, classes, positive, negative, *,
   hi, low = np.maximum(p[:-1], p[1:]), np.minimum(p[:-1], p[1:])
   judged = (hi > saturation) & (low < 1.0 - saturation)
   rises = ~np.any(judged & (np.diff(lo, axis=0) < 0), axis=0)
-  flips = np.isin(c[0], np.atleast_1d(negative)) & np.isin(c[-1], np.atleast_1d(positive))
-  return rises & flips
+  return rises & _flips(c, positive, negative)
 
 
 def monotonic_and_flips_fraction(values, classes, positive, negative, *, tol: float = 0.0):
