@@ -27,6 +27,10 @@ Rows marked [fine] / [coarse] edit only those W+ layers (`gan_tools.edit(layers=
 direction is the same one fitted on w. Rows marked [auto] edit the contiguous layer range
 that `gan_tools.select_layers` found best for the unconditioned edit (P rises & flips and
 the row's condition stays) on 200 other latents; the conditioned variant uses the same range.
+Rows marked [fit not-coarse] fit their directions layer-wise (`gan_tools.edit_labels(
+fit_layers=)`): on a second labelled set whose images take one w on every layer after the
+coarse pair (2 .. L-1) and another w on the coarse pair, the SVM sees the first w only; the
+[auto] range is then chosen inside those layers.
 
 Writes ``WORKDIR/edits/acceptance.json`` (every record) and prints a markdown table; the
 edit grids are the usual ``WORKDIR/edits/edit_*.png``.
@@ -41,9 +45,10 @@ import time
 
 from experiments import gan_tools
 
-# (label, attribute, positive, negative, condition, layers): layers None edits w on every
-# layer; "fine" edits only the last block's conv + toRGB w (the finest styles: colour,
-# Karras et al. 2019 sec. 3.1), "coarse" only the 4x4 conv and the next one (geometry).
+# (label, attribute, positive, negative, condition, layers[, fit]): layers None edits w on
+# every layer; "fine" edits only the last block's conv + toRGB w (the finest styles: colour,
+# Karras et al. 2019 sec. 3.1), "coarse" only the 4x4 conv and the next one (geometry);
+# fit "not-coarse" fits the direction layer-wise on the layers after the coarse pair.
 DIRECTIONS = (
     ("size large vs small", "size", ["large"], None, "color", None),
     ("size large vs small", "size", ["large"], None, "position", None),
@@ -59,13 +64,17 @@ DIRECTIONS = (
     ("colour red vs blue", "color", ["red"], ["blue"], "position", "auto"),
     ("position right vs left column", "position", ["top right", "right", "bottom right"],
      ["top left", "left", "bottom left"], "color", "auto"),
+    ("colour blue vs rest", "color", ["blue"], None, "position", "auto", "not-coarse"),
+    ("colour red vs blue", "color", ["red"], ["blue"], "position", "auto", "not-coarse"),
 )
 
 
 def layer_group(num_ws: int, name):
-  """W+ layer indices of a named group: None (all), 'fine' or 'coarse'; 'auto' stays 'auto'
-  (`gan_tools.select_layers` picks the range on latents of its own)."""
-  groups = {None: None, "fine": [num_ws - 2, num_ws - 1], "coarse": [0, 1], "auto": "auto"}
+  """W+ layer indices of a named group: None (all), 'fine', 'coarse' or 'not-coarse' (every
+  layer after the coarse pair); 'auto' stays 'auto' (`gan_tools.select_layers` picks the
+  range on latents of its own)."""
+  groups = {None: None, "fine": [num_ws - 2, num_ws - 1], "coarse": [0, 1],
+            "not-coarse": list(range(2, num_ws)), "auto": "auto"}
   if name not in groups:
     raise ValueError(f"unknown layer group {name!r}; expected one of {tuple(groups)}.")
   return groups[name]
@@ -75,17 +84,24 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
         seed: int = 0, num_select: int = 200) -> list[dict]:
   """Runs every entry of `DIRECTIONS`; returns one row per (direction, conditioned or not)."""
   t = gan_tools.Trained.load(workdir)
-  # One labelled set serves every direction (each edit would otherwise relabel the same one).
-  labelled = gan_tools.edit_labels(t, num_latents, space=space, seed=seed)
+  # One labelled set per fit group serves every direction (each edit would otherwise
+  # relabel the same one).
+  labelled = {}
   rows = []
-  for label, attribute, positive, negative, condition, group in DIRECTIONS:
+  for label, attribute, positive, negative, condition, group, *fit in DIRECTIONS:
     start = time.perf_counter()
+    fit = fit[0] if fit else None
     layers = layer_group(t.generator.config.num_ws, group) if space == "w" else None
-    if group is not None and layers is None:
+    if (group is not None and layers is None) or (fit is not None and space != "w"):
       continue  # layer groups exist only in W
+    fit_layers = None if fit is None else layer_group(t.generator.config.num_ws, fit)
+    if fit not in labelled:
+      labelled[fit] = gan_tools.edit_labels(t, num_latents, space=space, seed=seed,
+                                            fit_layers=fit_layers)
     path = gan_tools.edit(t, attribute, positive, negative, conditions=(condition,),
                           space=space, num_latents=num_latents, num_eval=num_eval, seed=seed,
-                          labelled=labelled, layers=layers, num_select=num_select)
+                          labelled=labelled[fit], layers=layers, num_select=num_select,
+                          fit_layers=fit_layers)
     with open(path[:-4] + ".json") as f:
       record = json.load(f)
     for kind in ("unconditioned", "conditioned"):
@@ -93,7 +109,7 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
       rows.append({
           "direction": label, "condition": condition if kind == "conditioned" else None,
           "measured_condition": condition, "space": space, "layers": group,
-          "layer_indices": record["layers"],
+          "layer_indices": record["layers"], "fit_layers": fit,
           "svm_train_accuracy": record["direction"]["train_accuracy"],
           "monotonic_logodds": r["monotonic_logodds"],
           "monotonic_p_tol_0": r["monotonic_fraction_tol_0"],
@@ -122,6 +138,7 @@ def table(rows: list[dict]) -> str:
   for r in rows:
     name = r["direction"] + (f" ({r['condition']})" if r["condition"] else "")
     name += f" [{r['layers']} {r['layer_indices']}]" if r.get("layers") else ""
+    name += f" [fit {r['fit_layers']}]" if r.get("fit_layers") else ""
     flips = " / ".join(f"{100 * r[f'monotonic_and_flips_tol_{tol}']:.1f}%"
                        for tol in ("0", "0.001", "0.01"))
     lines.append(

@@ -4,7 +4,7 @@ The loaded workdir (`Trained`) lives in `experiments.gan_trained`.
 
   python -m experiments.gan_tools interpolate --workdir DIR --seeds 0-3 [--space z|w] [--method slerp|lerp]
   python -m experiments.gan_tools invert --workdir DIR --test-images 0-7 | --seeds 0-7 | --target a.png [--w-plus]
-  python -m experiments.gan_tools edit --workdir DIR --attribute size --positive large [--condition color] [--m-units std|unit] [--space w --layers 4-5]
+  python -m experiments.gan_tools edit --workdir DIR --attribute size --positive large [--condition color] [--m-units std|unit] [--space w --layers 4-5 | auto] [--fit-layers 2-5]
   python -m experiments.gan_tools arithmetic --workdir DIR --expr "large red circle - red + blue"
   python -m experiments.gan_tools discover --workdir DIR [--directions 16] [--steps 1000]
 """
@@ -274,7 +274,7 @@ def layer_ranges(num_ws: int) -> list[list[int]]:
 
 
 def select_layers(t: Trained, direction, latents, magnitudes, attribute, positive,
-                  negative=None, *, conditions=()) -> tuple:
+                  negative=None, *, conditions=(), within=None) -> tuple:
   """Picks the contiguous W+ layer range an edit should be restricted to (GANSpace, Härkönen
   et al. 2020 sec. 3, choose a layer range per edit; StyleGAN sec. 3.1: coarse layers hold
   geometry, fine ones colour), by measuring the edit on every range.
@@ -284,15 +284,18 @@ def select_layers(t: Trained, direction, latents, magnitudes, attribute, positiv
   whose conditioned attribute also keeps its m = 0 class at every m (mean over the
   conditions). A range that changes the class without reaching the positive one (red ->
   green for "blue vs rest") does not score. Ties go to the shorter range, then the earlier
-  one. Pass latents that are not the ones you report on (selection is fitting).
+  one. Pass latents that are not the ones you report on (selection is fitting). `within`:
+  consider only the ranges inside these layers (a direction fitted layer-wise on them).
 
   Returns:
     (layers: list of indices, table: one dict per range with 'layers', 'score' and the
     `measure_edits` fractions it was computed from).
   """
-  _layer_mask(t, "w", [0])  # clear error for DCGANs before any work
+  _layer_mask(t, "w", [0] if within is None else within)  # clear errors before any work
   table = []
-  for layers in layer_ranges(t.generator.config.num_ws):
+  ranges = [r for r in layer_ranges(t.generator.config.num_ws)
+            if within is None or set(r) <= set(within)]
+  for layers in ranges:
     r, _ = measure_edits(t, direction, latents, magnitudes, attribute, positive, negative,
                          space="w", conditions=conditions, layers=layers)
     score = (float(np.mean([r[f"rises_flips_and_{c}_stays_fraction"] for c in conditions]))
@@ -306,17 +309,30 @@ def select_layers(t: Trained, direction, latents, magnitudes, attribute, positiv
   return best["layers"], table
 
 
-def edit_labels(t: Trained, num_latents: int, *, space: str, seed: int = 0) -> tuple:
-  """The labelled set `edit` fits its directions on for `seed`: (latents, logits)."""
-  return label_latents(t, num_latents, space=space,
-                       key=jax.random.fold_in(jax.random.key(seed), 0))
+def edit_labels(t: Trained, num_latents: int, *, space: str, seed: int = 0,
+                fit_layers=None) -> tuple:
+  """The labelled set `edit` fits its directions on for `seed`: (latents, logits).
+
+  fit_layers (W of a style generator): label layer-wise instead: the images of W+ latents
+  whose `fit_layers` take one random w and the other layers another (`gan.layerwise_ws`);
+  the latents returned are the `fit_layers`' w, so a direction fitted on them is the
+  attribute's direction in those layers with the rest held fixed."""
+  key = jax.random.fold_in(jax.random.key(seed), 0)
+  if fit_layers is None:
+    return label_latents(t, num_latents, space=space, key=key)
+  mask = _layer_mask(t, space, fit_layers)
+  w = t.latents(jax.random.normal(key, (num_latents, t.z_dim)), "w")
+  w_layers = t.latents(jax.random.normal(jax.random.fold_in(jax.random.key(seed), 3),
+                                         (num_latents, t.z_dim)), "w")
+  ws = gan.layerwise_ws(w, w_layers, mask)
+  return np.asarray(w_layers), classifier_logits(t, t.images(ws, "w"))
 
 
 def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
          space: str = "z", seeds=tuple(range(8)), max_m: float = 3.0, num_m: int = 7,
          num_latents: int = 5000, num_eval: int = 200, fraction: float = 0.1,
          m_units: str = "std", l2: float = 1e-2, seed: int = 0, labelled=None,
-         layers=None, num_select: int = 200) -> str:
+         layers=None, num_select: int = 200, fit_layers=None) -> str:
   """Fits the direction (and the conditional one if `conditions`) on one labelled set,
   measures it on `num_eval` fresh random latents over 13 m in [-max_m, max_m] and draws
   edits of `seeds` (rows).
@@ -330,6 +346,10 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   (`gan.layer_mask`). None edits every layer; 'auto' lets `select_layers` pick the
   contiguous range with the best score on `num_select` latents of their own (the choice and
   the score of every range go into the JSON record).
+  fit_layers: W+ layer indices to fit the directions layer-wise on (`edit_labels`): the
+  classifier labels images whose other layers keep an independent w. The edit then moves
+  those layers only (layers=None) or a subset of them (a list inside them, or 'auto': the
+  best range inside them). Pass `labelled` made with the same fit_layers.
   """
   if m_units not in ("std", "unit"):
     raise ValueError(f"m_units must be 'std' or 'unit', got {m_units!r}.")
@@ -340,12 +360,22 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
     raise ValueError(f"layers='auto' needs num_select >= 1 latents to choose on, got "
                      f"{num_select}.")
   _layer_mask(t, space, [0] if auto else layers)  # fail before any work
+  if isinstance(fit_layers, str):
+    raise ValueError(f"fit_layers must be a list of W+ indices or None, got {fit_layers!r}.")
+  if fit_layers is not None:
+    fit_layers = [int(i) for i in _as_list(fit_layers)]
+    _layer_mask(t, space, fit_layers)
+    if layers is None:
+      layers = fit_layers
+    elif not auto and not set(int(i) for i in layers) <= set(fit_layers):
+      raise ValueError(f"layers {list(layers)} must lie inside fit_layers {fit_layers}: the "
+                       "direction was fitted with only those layers moving.")
   _classes(t, attribute, positive, negative)
   for c in conditions:
     gan.attribute_index(t.attributes, c, 0)
   key = jax.random.key(seed)
   if labelled is None:
-    labelled = edit_labels(t, num_latents, space=space, seed=seed)
+    labelled = edit_labels(t, num_latents, space=space, seed=seed, fit_layers=fit_layers)
   elif labelled[0].shape != (num_latents, t.z_dim if space == "z" else t.generator.config.w_dim):
     raise ValueError(f"labelled latents must be [{num_latents}, latent size] of space "
                      f"{space!r} (from edit_labels), got {labelled[0].shape}.")
@@ -361,10 +391,11 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
     lat_sel = t.latents(jax.random.normal(jax.random.fold_in(key, 2), (num_select, t.z_dim)),
                         space)
     layers, selection = select_layers(t, n, lat_sel, ms * scale(n), attribute, positive,
-                                      negative, conditions=conditions)
+                                      negative, conditions=conditions, within=fit_layers)
   record = {"direction": info, "max_m": max_m, "num_eval": num_eval, "m_units": m_units,
             "num_latents": num_latents, "fraction": fraction, "l2": l2,
-            "layers": None if layers is None else [int(i) for i in layers]}
+            "layers": None if layers is None else [int(i) for i in layers],
+            "fit_layers": fit_layers}
   if selection is not None:
     record.update(layers_selected="auto", num_select=num_select, layer_selection=selection)
   lat_eval = t.latents(jax.random.normal(jax.random.fold_in(key, 1), (num_eval, t.z_dim)), space)
@@ -393,6 +424,7 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   name += "_unit" if m_units == "unit" else ""
   name += "_layers" + "-".join(map(str, layers)) if layers is not None else ""
   name += "_auto" if selection is not None else ""
+  name += "_fit" + "-".join(map(str, fit_layers)) if fit_layers is not None else ""
   np.save(_out(t, name)[:-4] + "_direction.npy", np.asarray(n))
   return _write(_out(t, name), t.images(grid, space), num_m, record, t, "edit")
 
@@ -541,6 +573,10 @@ def main(argv=None) -> int:
                       "(pick the best contiguous range on --num-select other latents); --space w")
   c.add_argument("--num-select", type=int, default=200,
                  help="latents that --layers auto chooses the range on")
+  c.add_argument("--fit-layers", default=None,
+                 help="fit the direction layer-wise on these W+ layers, e.g. 2-5 (the others "
+                      "keep an independent w while labelling); the edit moves them, or the "
+                      "--layers inside them; --space w")
   cmds["arithmetic"].add_argument("--expr", required=True)
   c = cmds["discover"]
   c.add_argument("--directions", type=int, default=16)
@@ -566,7 +602,8 @@ def main(argv=None) -> int:
                 seeds=gan.parse_seeds(args.seeds), max_m=args.max_m,
                 num_latents=args.num_latents, num_eval=args.num_eval, seed=args.seed,
                 m_units=args.m_units, fraction=args.fraction, l2=args.l2,
-                layers=parse_layers(args.layers), num_select=args.num_select)
+                layers=parse_layers(args.layers), num_select=args.num_select,
+                fit_layers=parse_layers(args.fit_layers))
   elif args.command == "arithmetic":
     path = arithmetic(t, args.expr, space=args.space, seed=args.seed)
   else:

@@ -379,6 +379,25 @@ def test_layer_restricted_edits_move_only_their_layers():
     gan.edit_latents(ws[:, 0], n, [1.0], mask)
 
 
+def test_layerwise_ws_takes_the_masked_layers_from_w_layers():
+  w = np.arange(2 * 3, dtype=np.float32).reshape(2, 3)
+  w_layers = -1.0 - w
+  ws = np.asarray(gan.layerwise_ws(w, w_layers, gan.layer_mask(4, [1, 3])))
+  assert ws.shape == (2, 4, 3)
+  for layer, src in ((0, w), (1, w_layers), (2, w), (3, w_layers)):
+    np.testing.assert_array_equal(ws[:, layer], src)
+  # vmap over a batch of masks: one W+ set per layer choice
+  masks = jnp.stack([gan.layer_mask(4, [0]), gan.layer_mask(4, None)])
+  both = np.asarray(jax.vmap(gan.layerwise_ws, in_axes=(None, None, 0))(w, w_layers, masks))
+  np.testing.assert_array_equal(both[0, :, 0], w_layers)
+  np.testing.assert_array_equal(both[0, :, 1:], np.broadcast_to(w[:, None], (2, 3, 3)))
+  np.testing.assert_array_equal(both[1], np.broadcast_to(w_layers[:, None], (2, 4, 3)))
+  with pytest.raises(ValueError, match=r"both be \[N, D\]"):
+    gan.layerwise_ws(w, w_layers[:1], gan.layer_mask(4, [1]))
+  with pytest.raises(ValueError, match=r"mask must be \[L\]"):
+    gan.layerwise_ws(w, w_layers, np.ones((2, 4)))
+
+
 def test_monotonic_and_flips_needs_both():
   # columns: rises and flips; rises but stays positive; flips but dips by 0.05; flat at 0
   p = np.array([[0.1, 0.9, 0.1, 0.0], [0.6, 0.95, 0.7, 0.0], [0.7, 0.99, 0.65, 0.0],
@@ -629,6 +648,45 @@ def test_measure_edits_counts_each_outcome_per_latent(style_run, monkeypatch):
   assert r["logodds_rises_unsaturated_and_flips"] == 0.5  # latents 0, 1
 
 
+def test_layerwise_fit_labels_mixed_images_and_edits_inside_its_layers(style_run):
+  """`edit_labels(fit_layers=)` labels images whose fit layers take an independent w and
+  returns that w; `edit(fit_layers=)` edits those layers (or a range inside them)."""
+  import json
+  from experiments import gan_tools as GT
+  t = GT.Trained.load(style_run)
+  num_ws = t.generator.config.num_ws
+  base, _ = GT.edit_labels(t, 16, space="w")
+  w_layers, logits = GT.edit_labels(t, 16, space="w", fit_layers=[1])
+  assert w_layers.shape == base.shape and not np.allclose(w_layers, base)
+  expect = GT.classifier_logits(t, t.images(
+      gan.layerwise_ws(base, w_layers, gan.layer_mask(num_ws, [1])), "w"))
+  for k in expect:
+    np.testing.assert_allclose(logits[k], expect[k], atol=1e-5)
+  # every layer mixed: the labels are those of the w_layers' own images
+  w_all, logits_all = GT.edit_labels(t, 16, space="w", fit_layers=list(range(num_ws)))
+  np.testing.assert_array_equal(w_all, w_layers)
+  np.testing.assert_allclose(logits_all["color"], GT.classifier_logits(
+      t, t.images(w_layers, "w"))["color"], atol=1e-4)
+  fine = [num_ws - 2, num_ws - 1]
+  path = GT.edit(t, "color", "blue", space="w", num_latents=64, num_eval=4, seeds=[0],
+                 num_m=3, fit_layers=fine)
+  rec = json.load(open(path[:-4] + ".json"))
+  assert rec["layers"] == fine and rec["fit_layers"] == fine
+  assert path.endswith(f"_layers{fine[0]}-{fine[1]}_fit{fine[0]}-{fine[1]}.png")
+  path = GT.edit(t, "color", "blue", conditions=("position",), space="w", num_latents=64,
+                 num_eval=4, seeds=[0], num_m=3, layers="auto", num_select=4,
+                 fit_layers=[1, 2])
+  rec = json.load(open(path[:-4] + ".json"))
+  assert [row["layers"] for row in rec["layer_selection"]] == [[1], [2], [1, 2]]
+  assert rec["layers"] in ([1], [2], [1, 2]) and rec["fit_layers"] == [1, 2]
+  with pytest.raises(ValueError, match=r"must lie inside fit_layers \[1, 2\]"):
+    GT.edit(t, "color", "blue", space="w", layers=[0, 1], fit_layers=[1, 2])
+  with pytest.raises(ValueError, match="W space of a style-based generator"):
+    GT.edit(t, "color", "blue", space="z", fit_layers=[1])
+  with pytest.raises(ValueError, match="fit_layers must be a list"):
+    GT.edit(t, "color", "blue", space="w", fit_layers="auto")
+
+
 def test_select_layers_scores_every_contiguous_range(style_run):
   """`select_layers` measures the edit on each of the L (L + 1) / 2 contiguous W+ ranges and
   returns the best-scoring one (shortest, then earliest, on ties); `edit(layers='auto')`
@@ -685,8 +743,14 @@ def test_acceptance_protocol_writes_every_row(style_run):
     if r["layers"] == "auto":  # a contiguous range, the same for both variants of a direction
       assert r["layer_indices"] in gan_tools.layer_ranges(num_ws)
   auto = [r for r in rows if r["layers"] == "auto"]
-  assert len(auto) == 6 and all(a["layer_indices"] == b["layer_indices"]
-                                for a, b in zip(auto[::2], auto[1::2]))
+  assert len(auto) == 10 and all(a["layer_indices"] == b["layer_indices"]
+                                 for a, b in zip(auto[::2], auto[1::2]))
+  # the layer-wise rows: fitted on the layers after the coarse pair, edited inside them
+  fitted = [r for r in rows if r["fit_layers"] is not None]
+  assert len(fitted) == 4 and all(r["fit_layers"] == "not-coarse" and r["layers"] == "auto"
+                                  and set(r["layer_indices"]) <= set(range(2, num_ws))
+                                  for r in fitted)
+  assert "[fit not-coarse]" in gan_acceptance.table(rows)
   saved = json.load(open(os.path.join(style_run, "edits", "acceptance.json")))
   assert saved["rows"] == json.loads(json.dumps(rows)) and saved["checkpoint_step"] == 4
   assert gan_acceptance.table(rows).count("\n") == len(rows) + 1

@@ -24,7 +24,7 @@ from flax import struct
 
 __all__ = ["attribute_index", "attribute_score", "attribute_logodds", "select_confident",
            "fit_linear_classifier", "supervised_direction", "conditional_direction",
-           "edit_latents", "layer_mask", "projection_std", "monotonic_fraction",
+           "edit_latents", "layer_mask", "layerwise_ws", "projection_std", "monotonic_fraction",
            "monotonic_and_flips_fraction", "normalize_directions", "rises_and_flips",
            "VoynovState", "init_voynov", "make_voynov_step"]
 
@@ -257,6 +257,38 @@ def layer_mask(num_ws: int, layers) -> np.ndarray:
   mask = np.zeros(num_ws, np.float32)
   mask[idx] = 1.0
   return mask
+
+
+def layerwise_ws(w, w_layers, mask):
+  """W+ latents whose masked layers take `w_layers` and the others `w`: the labelled set of a
+  layer-wise InterFaceGAN fit.
+
+  Fitting a direction on w, where every layer shares one w, finds how an attribute varies
+  when all styles move together; when the attribute lives in some layers only (Karras et
+  al. 2019, sec. 3.1: coarse styles geometry, fine ones colour), labelling images whose
+  chosen layers take an independent w (style mixing, Karras et al. 2019, sec. 3.1) and
+  fitting the classifier on that w alone gives the direction of those layers, the others
+  held fixed. Pure and vmap-able.
+
+  Args:
+    w: [N, D] latents of the unmasked layers.
+    w_layers: [N, D] latents of the masked layers.
+    mask: [L] 0/1 layer mask (`layer_mask`).
+
+  Returns:
+    [N, L, D].
+
+  Raises:
+    ValueError: `w` and `w_layers` of different shapes, or a mask that is not one-dimensional.
+  """
+  w, w_layers = jnp.asarray(w), jnp.asarray(w_layers)
+  mask = jnp.asarray(mask)
+  if w.shape != w_layers.shape or w.ndim != 2:
+    raise ValueError(f"w and w_layers must both be [N, D], got {w.shape} and "
+                     f"{w_layers.shape}.")
+  if mask.ndim != 1:
+    raise ValueError(f"mask must be [L] (layer_mask), got shape {mask.shape}.")
+  return jnp.where(mask[None, :, None] > 0, w_layers[:, None], w[:, None])
 
 
 def edit_latents(latents, direction, magnitudes, mask=None):
