@@ -11,6 +11,8 @@ m in linspace(-3, 3, 13) (m in standard deviations of the latents along n) and m
 
 - monotonic: the exact log-odds of positive vs negative values (from the logits) never
   decreases from one m to the next (no tolerance);
+- monotonic & changes: that, and the predicted class differs between m = -3 and +3, on the
+  same latent (the strict reading of "moves the output monotonically");
 - P rises & flips: P(positive) never decreases by more than a tolerance (0, 0.001, 0.01)
   AND the predicted class goes from a negative value at m = -3 to a positive one at +3 (so a
   saturated P that never moves does not count);
@@ -112,6 +114,7 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
           "layer_indices": record["layers"], "fit_layers": fit,
           "svm_train_accuracy": record["direction"]["train_accuracy"],
           "monotonic_logodds": r["monotonic_logodds"],
+          "logodds_rises_and_changes": r["logodds_rises_and_changes"],
           "monotonic_p_tol_0": r["monotonic_fraction_tol_0"],
           "logodds_rises_unsaturated_and_flips": r["logodds_rises_unsaturated_and_flips"],
           **{f"monotonic_and_flips_tol_{tol}": r[f"monotonic_and_flips_tol_{tol}"]
@@ -131,10 +134,11 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
 def table(rows: list[dict]) -> str:
   """Markdown table of `run`'s rows."""
   lines = ["| direction (conditioned on) [layers] | SVM acc. | monotonic log-odds "
+           "| monotonic log-odds & changes "
            "| P non-decreasing | P rises & flips (tol 0 / 0.001 / 0.01) "
            "| unsaturated log-odds rises & flips | changes "
            "| stays (measured attr.) | both | rises & flips (0.001) and stays |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     name = r["direction"] + (f" ({r['condition']})" if r["condition"] else "")
     name += f" [{r['layers']} {r['layer_indices']}]" if r.get("layers") else ""
@@ -143,6 +147,7 @@ def table(rows: list[dict]) -> str:
                        for tol in ("0", "0.001", "0.01"))
     lines.append(
         f"| {name} | {r['svm_train_accuracy']:.3f} | {100 * r['monotonic_logodds']:.1f}% | "
+        f"{100 * r['logodds_rises_and_changes']:.1f}% | "
         f"{100 * r['monotonic_p_tol_0']:.1f}% | {flips} | "
         f"{100 * r['logodds_rises_unsaturated_and_flips']:.1f}% | {100 * r['changes']:.1f}% | "
         f"{100 * r['stays']:.1f}% ({r['measured_condition']}) | {100 * r['both']:.1f}% | "

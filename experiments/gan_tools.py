@@ -194,7 +194,9 @@ def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positiv
   extreme m ('target_changes') or goes from a negative to a positive class ('target_flips');
   each of `conditions` keeps its predicted class at every m; 'monotonic_and_flips_tol_*': P
   never decreases by more than the tolerance and the class goes from negative to positive;
-  'logodds_rises_unsaturated_and_flips': the exact log-odds never decreases on a step where
+  'logodds_rises_and_changes': the exact log-odds never decreases at any step and the class
+  changes (the strict reading); 'logodds_rises_unsaturated_and_flips': the exact log-odds
+  never decreases on a step where
   0.001 < P < 0.999 at either end, and the class flips (`gan.rises_where_unsaturated`);
   per condition c, 'changes_and_{c}_stays' and 'rises_flips_and_{c}_stays' (the latter: P
   rises within 0.001 and flips, and c stays: the edit does what it is for, only that).
@@ -215,6 +217,10 @@ def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positiv
   flips = np.isin(cls[0], neg) & np.isin(cls[-1], pos)
   changes = cls[0] != cls[-1]
   out = {"monotonic_logodds": gan.monotonic_fraction(logodds)}
+  # the strictest reading of "moves the output monotonically", per latent: the exact log-odds
+  # never decreases at any step (no tolerance) and the predicted class changes
+  strict = np.all(np.diff(np.asarray(logodds, np.float64), axis=0) >= 0, axis=0)
+  out["logodds_rises_and_changes"] = float((strict & changes).mean())
   out.update({f"monotonic_fraction_tol_{tol:g}": gan.monotonic_fraction(p_pos, tol=tol)
               for tol in (0.0, 0.01, 0.05)})
   rises_flips = {tol: gan.rises_and_flips(p_pos, cls, pos, neg, tol=tol)

@@ -646,6 +646,14 @@ def test_measure_edits_counts_each_outcome_per_latent(style_run, monkeypatch):
   assert r["rises_flips_and_position_stays_fraction"] == 0.25  # latent 0 only
   # latent 3's fall from P ~ 1 to P ~ 0 is judged: it counts as a decrease
   assert r["logodds_rises_unsaturated_and_flips"] == 0.5  # latents 0, 1
+  # strict reading: exact log-odds never falls and the class changes; latent 2's log-odds of
+  # class 2 is flat (classes 0 and 1 give it the same logits) while its class changes 0 -> 1
+  assert r["logodds_rises_and_changes"] == 0.75  # latents 0, 1, 2
+  # a latent whose class never changes is monotonic but does not count
+  colour_path, position_path = [[2, 2, 2], [0, 1, 2]], [[4, 4, 4], [4, 4, 4]]
+  r, _ = GT.measure_edits(t, n, w[:2], np.array([-1.0, 0.0, 1.0]), "color", [2], space="w",
+                          conditions=("position",))
+  assert r["monotonic_logodds"] == 1.0 and r["logodds_rises_and_changes"] == 0.5
 
 
 def test_layerwise_fit_labels_mixed_images_and_edits_inside_its_layers(style_run):
@@ -729,6 +737,7 @@ def test_acceptance_protocol_writes_every_row(style_run):
   for r in rows:
     for k in ("monotonic_logodds", "changes", "stays", "both", "monotonic_and_flips_tol_0"):
       assert 0 <= r[k] <= 1, (r, k)
+    assert r["logodds_rises_and_changes"] <= min(r["monotonic_logodds"], r["changes"])
     assert r["both"] <= min(r["changes"], r["stays"])
     # per latent: rises & flips and stays (so between the two bounds of an intersection)
     rf = r["monotonic_and_flips_tol_0.001"]
