@@ -196,8 +196,8 @@ def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positiv
   never decreases by more than the tolerance and the class goes from negative to positive;
   'logodds_rises_and_changes': the exact log-odds never decreases at any step and the class
   changes (the strict reading); 'logodds_rises_unsaturated_and_flips': the exact log-odds
-  never decreases on a step where
-  0.001 < P < 0.999 at either end, and the class flips (`gan.rises_where_unsaturated`);
+  never decreases on a step where 0.001 < P < 0.999 at either end, and the class flips
+  (`gan.rises_where_unsaturated`);
   per condition c, 'changes_and_{c}_stays' and 'rises_flips_and_{c}_stays' (the latter: P
   rises within 0.001 and flips, and c stays: the edit does what it is for, only that).
   `layers` (W only): edit just these W+ layers (`gan.layer_mask`), the others keep w.
