@@ -6,8 +6,7 @@ Models live in `jaxgen.nn` (`DCGANGenerator`, `DCGANDiscriminator`, `StyleGenera
 from jaxgen.gan.directions import (VoynovState, attribute_index, attribute_logodds,
                                    attribute_score, conditional_direction, edit_latents,
                                    fit_linear_classifier, init_voynov, layer_mask,
-                                   layerwise_ws,
-                                   make_voynov_step, monotonic_and_flips_fraction,
+                                   layerwise_ws, make_voynov_step, monotonic_and_flips_fraction,
                                    monotonic_fraction, normalize_directions, projection_std,
                                    rises_and_flips, rises_where_unsaturated, select_confident,
                                    supervised_direction)
@@ -25,9 +24,9 @@ from jaxgen.gan.steps import (GANState, apply_model, generator_z_dim, make_d_ste
 __all__ = [
     "VoynovState", "attribute_index", "attribute_logodds", "attribute_score",
     "conditional_direction", "edit_latents", "fit_linear_classifier", "init_voynov",
-    "layer_mask", "layerwise_ws", "make_voynov_step", "monotonic_and_flips_fraction", "monotonic_fraction",
-    "normalize_directions", "projection_std", "rises_and_flips", "rises_where_unsaturated",
-    "select_confident", "supervised_direction",
+    "layer_mask", "layerwise_ws", "make_voynov_step", "monotonic_and_flips_fraction",
+    "monotonic_fraction", "normalize_directions", "projection_std", "rises_and_flips",
+    "rises_where_unsaturated", "select_confident", "supervised_direction",
     "group_mask", "group_mean", "interpolate", "latent_arithmetic", "latents_from_seeds", "lerp",
     "parse_seeds", "slerp", "truncate", "LOSSES", "d_loss_hinge", "d_loss_logistic",
     "g_loss_hinge", "g_loss_minimax", "g_loss_nonsaturating", "get_losses", "path_lengths",
