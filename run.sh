@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # jaxgen's two entry points; each does all the set-up itself (a virtualenv in .venv).
 #   ./run.sh demo        train the demo DDPM on the embedded digits, sample, evaluate
-#   ./run.sh test [ARGS] run the test suite (ARGS go to pytest)
+#   ./run.sh test [ARGS] run the test suite in parallel workers (ARGS go to pytest)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${JAXGEN_VENV:-.venv}"
@@ -36,7 +36,11 @@ case "$cmd" in
     ;;
   test)
     setup "[test]"
-    "$VENV/bin/python" -m pytest "$@"
+    # Test files run in parallel, one file per worker at a time (`--dist loadfile`, so a
+    # file's shared compiled fixtures stay in one process): the suite is mostly XLA compiles,
+    # which use one core each. Workers: JAXGEN_TEST_WORKERS, else min(cores, 4); 0 = serial.
+    workers="${JAXGEN_TEST_WORKERS:-$(n=$(nproc 2>/dev/null || echo 1); echo $(( n < 4 ? n : 4 )))}"
+    "$VENV/bin/python" -m pytest -n "$workers" --dist loadfile "$@"
     ;;
   *)
     echo "usage: ./run.sh demo | ./run.sh test [pytest args]" >&2

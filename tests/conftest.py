@@ -7,6 +7,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import itertools  # noqa: E402
+import zlib  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -18,13 +19,14 @@ import tempfile  # noqa: E402
 jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="jaxgen-xla-cache-"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
-_counter = itertools.count()
-
 
 @pytest.fixture
-def key():
-  """A fresh key per test, never reused across tests."""
-  return jax.random.fold_in(jax.random.key(20261125), next(_counter))
+def key(request):
+  """A fresh key per test, derived from the test's id: never shared by two tests, and the
+  same whichever tests run before it (alone, the whole suite, or split across pytest-xdist
+  workers by `./run.sh test`)."""
+  return jax.random.fold_in(jax.random.key(20261125),
+                            zlib.crc32(request.node.nodeid.encode()) & 0x7FFFFFFF)
 
 
 @pytest.fixture
