@@ -13,20 +13,34 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-# A per-run persistent compilation cache: identical programs compiled again in the same run
-# (e.g. the runner trained twice for the resume test) load instead of recompiling.
+# A persistent compilation cache per test process (per pytest-xdist worker): identical
+# programs compiled again in the same process (e.g. the runner trained twice for the resume
+# test) load instead of recompiling.
 import tempfile  # noqa: E402
 jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="jaxgen-xla-cache-"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def _key_data(nodeid: str) -> int:
+  return zlib.crc32(nodeid.encode()) & 0x7FFFFFFF
+
+
+def pytest_collection_modifyitems(items):
+  """Two tests must never get the same key (`key` derives it from the test id)."""
+  seen = {}
+  for item in items:
+    other = seen.setdefault(_key_data(item.nodeid), item.nodeid)
+    if other != item.nodeid:
+      raise pytest.UsageError(f"tests {other} and {item.nodeid} would share a random key; "
+                              "rename one or change _key_data in tests/conftest.py.")
+
+
 @pytest.fixture
 def key(request):
-  """A fresh key per test, derived from the test's id: never shared by two tests, and the
-  same whichever tests run before it (alone, the whole suite, or split across pytest-xdist
-  workers by `./run.sh test`)."""
-  return jax.random.fold_in(jax.random.key(20261125),
-                            zlib.crc32(request.node.nodeid.encode()) & 0x7FFFFFFF)
+  """A fresh key per test, derived from the test's id: never shared by two tests (checked at
+  collection), and the same whichever tests run before it (alone, the whole suite, or split
+  across pytest-xdist workers by `./run.sh test`)."""
+  return jax.random.fold_in(jax.random.key(20261125), _key_data(request.node.nodeid))
 
 
 @pytest.fixture
