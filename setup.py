@@ -26,7 +26,8 @@ setup(
         "tensorboardX>=2.6",  # event files without TensorFlow
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbformat>=5.9", "nbclient>=0.10",
+                 "ipykernel>=6.29"],
         "reference": ["torch==2.13.0", "diffusers==0.42.1", "scipy>=1.11"],
         "tf": ["tensorflow>=2.16"],
         "notebooks": ["jupyter", "matplotlib>=3.8", "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29"],

@@ -218,7 +218,7 @@ def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positiv
   changes = cls[0] != cls[-1]
   # per latent: the exact log-odds never decreases at any step (no tolerance); with a class
   # change it is the strictest reading of "moves the output monotonically"
-  strict = np.all(np.diff(np.asarray(logodds, np.float64), axis=0) >= 0, axis=0)
+  strict = gan.monotonic_columns(logodds)
   out = {"monotonic_logodds": float(strict.mean()),
          "logodds_rises_and_changes": float((strict & changes).mean())}
   out.update({f"monotonic_fraction_tol_{tol:g}": gan.monotonic_fraction(p_pos, tol=tol)

@@ -352,6 +352,11 @@ def test_conditional_direction_and_edits(key):
   e = gan.edit_latents(z, n, jnp.array([-1.0, 0.0, 2.0]))
   np.testing.assert_allclose(e[:, 0, 1], [0.0, 1.0, 3.0])
   assert gan.monotonic_fraction(np.array([[0, 1], [1, 0], [2, 2]])) == 0.5
+  cols = np.array([[0.0, 1.0, 3.0], [1.0, 0.0, 1.5], [2.0, 2.0, 1.0]])
+  np.testing.assert_array_equal(gan.monotonic_columns(cols), [True, False, False])
+  np.testing.assert_array_equal(gan.monotonic_columns(cols, tol=1.0), [True, True, False])
+  np.testing.assert_array_equal(gan.monotonic_columns(cols, increasing=False),
+                                [False, False, True])
   probs = jnp.array([[0.7, 0.2, 0.1]])
   np.testing.assert_allclose(gan.attribute_score(probs, 0), math.log(0.7 / 0.3), rtol=1e-4)
   np.testing.assert_allclose(gan.attribute_score(probs, 0, 2), math.log(7.0), rtol=1e-4)

@@ -7,7 +7,7 @@ from jaxgen.gan.directions import (VoynovState, attribute_index, attribute_logod
                                    attribute_score, conditional_direction, edit_latents,
                                    fit_linear_classifier, init_voynov, layer_mask,
                                    layerwise_ws, make_voynov_step, monotonic_and_flips_fraction,
-                                   monotonic_fraction, normalize_directions, projection_std,
+                                   monotonic_columns, monotonic_fraction, normalize_directions, projection_std,
                                    rises_and_flips, rises_where_unsaturated, select_confident,
                                    supervised_direction)
 from jaxgen.gan.latent import (group_mask, group_mean, interpolate, latent_arithmetic,
@@ -25,7 +25,7 @@ __all__ = [
     "VoynovState", "attribute_index", "attribute_logodds", "attribute_score",
     "conditional_direction", "edit_latents", "fit_linear_classifier", "init_voynov",
     "layer_mask", "layerwise_ws", "make_voynov_step", "monotonic_and_flips_fraction",
-    "monotonic_fraction", "normalize_directions", "projection_std", "rises_and_flips",
+    "monotonic_columns", "monotonic_fraction", "normalize_directions", "projection_std", "rises_and_flips",
     "rises_where_unsaturated", "select_confident", "supervised_direction",
     "group_mask", "group_mean", "interpolate", "latent_arithmetic", "latents_from_seeds", "lerp",
     "parse_seeds", "slerp", "truncate", "LOSSES", "d_loss_hinge", "d_loss_logistic",

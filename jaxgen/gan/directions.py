@@ -326,9 +326,7 @@ def rises_and_flips(values, classes, positive, negative, *, tol: float = 0.0):
   AND the predicted class ``classes`` [M, B] goes from one of `negative` at the first m to
   one of `positive` at the last: the score both moves and moves one way (a saturated,
   unchanged score alone does not count)."""
-  v = np.asarray(values, np.float64)
-  mono = np.all(np.diff(v, axis=0) >= -tol, axis=0)
-  return mono & _flips(classes, positive, negative)
+  return monotonic_columns(values, tol=tol) & _flips(classes, positive, negative)
 
 
 def rises_where_unsaturated(logodds, probs, classes, positive, negative, *,
@@ -362,12 +360,18 @@ def monotonic_and_flips_fraction(values, classes, positive, negative, *, tol: fl
   return float(np.mean(rises_and_flips(values, classes, positive, negative, tol=tol)))
 
 
-def monotonic_fraction(values, *, increasing: bool = True, tol: float = 0.0) -> float:
-  """Fraction of columns of ``values`` [M, B] that are monotonic along M (steps may go the
-  wrong way by at most ``tol``)."""
+def monotonic_columns(values, *, increasing: bool = True, tol: float = 0.0) -> np.ndarray:
+  """Per column [B] of ``values`` [M, B]: monotonic along M, no step going the wrong way by
+  more than ``tol`` (compared in float64)."""
   v = np.asarray(values, np.float64)
   diffs = np.diff(v, axis=0) * (1.0 if increasing else -1.0)
-  return float(np.mean(np.all(diffs >= -tol, axis=0)))
+  return np.all(diffs >= -tol, axis=0)
+
+
+def monotonic_fraction(values, *, increasing: bool = True, tol: float = 0.0) -> float:
+  """Fraction of columns of ``values`` [M, B] that are monotonic along M (steps may go the
+  wrong way by at most ``tol``; `monotonic_columns`)."""
+  return float(np.mean(monotonic_columns(values, increasing=increasing, tol=tol)))
 
 
 # --- Voynov & Babenko ------------------------------------------------------------------
