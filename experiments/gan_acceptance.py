@@ -32,7 +32,9 @@ the row's condition stays) on 200 other latents; the conditioned variant uses th
 Rows marked [fit not-coarse] fit their directions layer-wise (`gan_tools.edit_labels(
 fit_layers=)`): on a second labelled set whose images take one w on every layer after the
 coarse pair (2 .. L-1) and another w on the coarse pair, the SVM sees the first w only; the
-[auto] range is then chosen inside those layers.
+[auto] range is then chosen inside those layers. The row marked [axes] conditions on the
+position's two grid axes (right vs left column, bottom vs top row: `gan_tools.grid_axes`)
+instead of its nine one-vs-rest directions.
 
 Writes ``WORKDIR/edits/acceptance.json`` (every record) and prints a markdown table; the
 edit grids are the usual ``WORKDIR/edits/edit_*.png``.
@@ -50,7 +52,8 @@ from experiments import gan_tools
 # (label, attribute, positive, negative, condition, layers[, fit]): layers None edits w on
 # every layer; "fine" edits only the last block's conv + toRGB w (the finest styles: colour,
 # Karras et al. 2019 sec. 3.1), "coarse" only the 4x4 conv and the next one (geometry);
-# fit "not-coarse" fits the direction layer-wise on the layers after the coarse pair.
+# fit "not-coarse" fits the direction layer-wise on the layers after the coarse pair; mode
+# "axes" conditions on the position's two grid axes instead of its nine cells.
 DIRECTIONS = (
     ("size large vs small", "size", ["large"], None, "color", None),
     ("size large vs small", "size", ["large"], None, "position", None),
@@ -68,6 +71,8 @@ DIRECTIONS = (
      ["top left", "left", "bottom left"], "color", "auto"),
     ("colour blue vs rest", "color", ["blue"], None, "position", "auto", "not-coarse"),
     ("colour red vs blue", "color", ["red"], ["blue"], "position", "auto", "not-coarse"),
+    ("colour red vs blue", "color", ["red"], ["blue"], "position", "auto", "not-coarse",
+     "axes"),
 )
 
 
@@ -90,9 +95,9 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
   # relabel the same one).
   labelled = {}
   rows = []
-  for label, attribute, positive, negative, condition, group, *fit in DIRECTIONS:
+  for label, attribute, positive, negative, condition, group, *extra in DIRECTIONS:
     start = time.perf_counter()
-    fit = fit[0] if fit else None
+    fit, mode = (list(extra) + [None, "one-vs-rest"][len(extra):])[:2]
     layers = layer_group(t.generator.config.num_ws, group) if space == "w" else None
     if (group is not None and layers is None) or (fit is not None and space != "w"):
       continue  # layer groups exist only in W
@@ -103,7 +108,7 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
     path = gan_tools.edit(t, attribute, positive, negative, conditions=(condition,),
                           space=space, num_latents=num_latents, num_eval=num_eval, seed=seed,
                           labelled=labelled[fit], layers=layers, num_select=num_select,
-                          fit_layers=fit_layers)
+                          fit_layers=fit_layers, condition_mode=mode)
     with open(path[:-4] + ".json") as f:
       record = json.load(f)
     for kind in ("unconditioned", "conditioned"):
@@ -112,6 +117,7 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
           "direction": label, "condition": condition if kind == "conditioned" else None,
           "measured_condition": condition, "space": space, "layers": group,
           "layer_indices": record["layers"], "fit_layers": fit,
+          "condition_mode": mode if kind == "conditioned" else None,
           "svm_train_accuracy": record["direction"]["train_accuracy"],
           "monotonic_logodds": r["monotonic_logodds"],
           "logodds_rises_and_changes": r["logodds_rises_and_changes"],
@@ -143,6 +149,7 @@ def table(rows: list[dict]) -> str:
     name = r["direction"] + (f" ({r['condition']})" if r["condition"] else "")
     name += f" [{r['layers']} {r['layer_indices']}]" if r.get("layers") else ""
     name += f" [fit {r['fit_layers']}]" if r.get("fit_layers") else ""
+    name += " [axes]" if r.get("condition_mode") == "axes" else ""
     flips = " / ".join(f"{100 * r[f'monotonic_and_flips_tol_{tol}']:.1f}%"
                        for tol in ("0", "0.001", "0.01"))
     lines.append(

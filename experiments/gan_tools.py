@@ -4,7 +4,7 @@ The loaded workdir (`Trained`) lives in `experiments.gan_trained`.
 
   python -m experiments.gan_tools interpolate --workdir DIR --seeds 0-3 [--space z|w] [--method slerp|lerp]
   python -m experiments.gan_tools invert --workdir DIR --test-images 0-7 | --seeds 0-7 | --target a.png [--w-plus]
-  python -m experiments.gan_tools edit --workdir DIR --attribute size --positive large [--condition color] [--m-units std|unit] [--space w --layers 4-5 | auto] [--fit-layers 2-5]
+  python -m experiments.gan_tools edit --workdir DIR --attribute size --positive large [--condition color] [--m-units std|unit] [--space w --layers 4-5 | auto] [--fit-layers 2-5] [--condition-mode axes]
   python -m experiments.gan_tools arithmetic --workdir DIR --expr "large red circle - red + blue"
   python -m experiments.gan_tools discover --workdir DIR [--directions 16] [--steps 1000]
 """
@@ -134,6 +134,27 @@ def _classes(t: Trained, attribute: str, positive, negative=None):
   neg = None if negative is None else [gan.attribute_index(t.attributes, attribute, v)
                                        for v in _as_list(negative)]
   return pos, neg
+
+
+def grid_axes(values) -> list[tuple[str, list[int], list[int]]]:
+  """The two axes of a grid-valued attribute (`shapes`' 3x3 positions): [("column", right
+  column, left column), ("row", bottom row, top row)] as value indices. A value's column is
+  read from the words 'left' / 'right' in its name (neither: the middle column), its row from
+  'top' / 'bottom'.
+
+  Used to condition an edit on a position *axis* pair rather than on one-vs-rest directions
+  of every cell (`edit(condition_mode='axes')`): position is two numbers, not nine classes."""
+  values = [str(v) for v in values]
+  cols = [2 if "right" in v.split() else 0 if "left" in v.split() else 1 for v in values]
+  rows = [2 if "bottom" in v.split() else 0 if "top" in v.split() else 1 for v in values]
+  if len(set(zip(cols, rows))) != len(values) or not {0, 2} <= set(cols) & set(rows):
+    raise ValueError(f"values {tuple(values)} do not name the cells of a grid (each needs its "
+                     "own combination of left/right and top/bottom, with both sides of each "
+                     "axis present); condition_mode='axes' is for a position-like attribute.")
+  return [("column", [i for i, c in enumerate(cols) if c == 2],
+           [i for i, c in enumerate(cols) if c == 0]),
+          ("row", [i for i, r in enumerate(rows) if r == 2],
+           [i for i, r in enumerate(rows) if r == 0])]
 
 
 def classifier_logits(t: Trained, images, batch_size: int = 500) -> dict:
@@ -338,7 +359,8 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
          space: str = "z", seeds=tuple(range(8)), max_m: float = 3.0, num_m: int = 7,
          num_latents: int = 5000, num_eval: int = 200, fraction: float = 0.1,
          m_units: str = "std", l2: float = 1e-2, seed: int = 0, labelled=None,
-         layers=None, num_select: int = 200, fit_layers=None) -> str:
+         layers=None, num_select: int = 200, fit_layers=None,
+         condition_mode: str = "one-vs-rest") -> str:
   """Fits the direction (and the conditional one if `conditions`) on one labelled set,
   measures it on `num_eval` fresh random latents over 13 m in [-max_m, max_m] and draws
   edits of `seeds` (rows).
@@ -356,9 +378,16 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   classifier labels images whose other layers keep an independent w. The edit then moves
   those layers only (layers=None) or a subset of them (a list inside them, or 'auto': the
   best range inside them). Pass `labelled` made with the same fit_layers.
+  condition_mode: which directions of a conditioned attribute are projected out
+  (InterFaceGAN eq. 4): 'one-vs-rest' (default) one SVM direction per value (one for a
+  binary attribute); 'axes' the two binary directions of a grid attribute's axes
+  (`grid_axes`: right vs left column, bottom vs top row), so only two dimensions leave the
+  edit instead of nine.
   """
   if m_units not in ("std", "unit"):
     raise ValueError(f"m_units must be 'std' or 'unit', got {m_units!r}.")
+  if condition_mode not in ("one-vs-rest", "axes"):
+    raise ValueError(f"condition_mode must be 'one-vs-rest' or 'axes', got {condition_mode!r}.")
   auto = isinstance(layers, str)
   if auto and layers != "auto":
     raise ValueError(f"layers must be a list of W+ indices, None or 'auto', got {layers!r}.")
@@ -379,6 +408,8 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   _classes(t, attribute, positive, negative)
   for c in conditions:
     gan.attribute_index(t.attributes, c, 0)
+    if condition_mode == "axes":
+      grid_axes(t.attributes[c])  # fail before any work
   key = jax.random.key(seed)
   if labelled is None:
     labelled = edit_labels(t, num_latents, space=space, seed=seed, fit_layers=fit_layers)
@@ -401,7 +432,7 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   record = {"direction": info, "max_m": max_m, "num_eval": num_eval, "m_units": m_units,
             "num_latents": num_latents, "fraction": fraction, "l2": l2,
             "layers": None if layers is None else [int(i) for i in layers],
-            "fit_layers": fit_layers}
+            "fit_layers": fit_layers, "condition_mode": condition_mode}
   if selection is not None:
     record.update(layers_selected="auto", num_select=num_select, layer_selection=selection)
   lat_eval = t.latents(jax.random.normal(jax.random.fold_in(key, 1), (num_eval, t.z_dim)), space)
@@ -411,10 +442,15 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
                                              layers=layers)
   if conditions:
     cond_dirs = []
-    for c in conditions:  # one-vs-rest directions of the conditioned attribute's values
-      k = len(t.attributes[c])
-      for v in range(1 if k == 2 else 0, k):
-        d, _ = fit_direction(t, c, v, space=space, fraction=fraction, l2=l2, labelled=labelled)
+    for c in conditions:
+      if condition_mode == "axes":  # two binary directions: the grid's column and row axes
+        contrasts = [(p, q) for _, p, q in grid_axes(t.attributes[c])]
+      else:  # one-vs-rest directions of the conditioned attribute's values
+        k = len(t.attributes[c])
+        contrasts = [(v, None) for v in range(1 if k == 2 else 0, k)]
+      for p, q in contrasts:
+        d, _ = fit_direction(t, c, p, q, space=space, fraction=fraction, l2=l2,
+                             labelled=labelled)
         cond_dirs.append(d)
     n = gan.conditional_direction(n, jnp.stack(cond_dirs))
     record["conditioned"], _ = measure_edits(t, n, lat_eval, ms * scale(n), attribute,
@@ -427,6 +463,7 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   grid = np.swapaxes(grid, 0, 1).reshape((-1,) + grid.shape[2:])
   name = f"edit_{attribute}_{'-'.join(map(str, _as_list(positive)))}_{space}"
   name += "_cond-" + "-".join(conditions) if conditions else ""
+  name += "-axes" if conditions and condition_mode == "axes" else ""
   name += "_unit" if m_units == "unit" else ""
   name += "_layers" + "-".join(map(str, layers)) if layers is not None else ""
   name += "_auto" if selection is not None else ""
@@ -583,6 +620,10 @@ def main(argv=None) -> int:
                  help="fit the direction layer-wise on these W+ layers, e.g. 2-5 (the others "
                       "keep an independent w while labelling); the edit moves them, or the "
                       "--layers inside them; --space w")
+  c.add_argument("--condition-mode", choices=("one-vs-rest", "axes"), default="one-vs-rest",
+                 help="project out one direction per value of each --condition (default), or "
+                      "the two axes of a grid attribute (position: right vs left column, "
+                      "bottom vs top row)")
   cmds["arithmetic"].add_argument("--expr", required=True)
   c = cmds["discover"]
   c.add_argument("--directions", type=int, default=16)
@@ -609,7 +650,7 @@ def main(argv=None) -> int:
                 num_latents=args.num_latents, num_eval=args.num_eval, seed=args.seed,
                 m_units=args.m_units, fraction=args.fraction, l2=args.l2,
                 layers=parse_layers(args.layers), num_select=args.num_select,
-                fit_layers=parse_layers(args.fit_layers))
+                fit_layers=parse_layers(args.fit_layers), condition_mode=args.condition_mode)
   elif args.command == "arithmetic":
     path = arithmetic(t, args.expr, space=args.space, seed=args.seed)
   else:

@@ -733,6 +733,47 @@ def test_select_layers_scores_every_contiguous_range(style_run):
       GT.layer_ranges(num_ws)) and path.endswith("_auto.png")
 
 
+def test_grid_axes_and_axis_conditioned_edit(style_run):
+  """`grid_axes` reads the 3x3 position grid's column and row sides from the value names;
+  `edit(condition_mode='axes')` projects exactly those two SVM directions out."""
+  import json
+  from experiments import gan_tools as GT
+  t = GT.Trained.load(style_run)
+  names = t.attributes["position"]
+  axes = GT.grid_axes(names)
+  assert [a[0] for a in axes] == ["column", "row"]
+  (_, right, left), (_, bottom, top) = axes
+  assert [names[i] for i in right] == ["top right", "right", "bottom right"]
+  assert [names[i] for i in left] == ["top left", "left", "bottom left"]
+  assert [names[i] for i in bottom] == ["bottom left", "bottom", "bottom right"]
+  assert [names[i] for i in top] == ["top left", "top", "top right"]
+  with pytest.raises(ValueError, match="do not name the cells of a grid"):
+    GT.grid_axes(t.attributes["color"])
+  with pytest.raises(ValueError, match="do not name the cells of a grid"):
+    GT.grid_axes(["left", "right"])  # no row axis
+  labelled = GT.edit_labels(t, 64, space="w")
+  path = GT.edit(t, "color", "red", "blue", conditions=("position",), space="w",
+                 num_latents=64, num_eval=4, seeds=[0], num_m=3, labelled=labelled,
+                 condition_mode="axes")
+  rec = json.load(open(path[:-4] + ".json"))
+  assert rec["condition_mode"] == "axes" and path.endswith("_cond-position-axes.png")
+  n = np.load(path[:-4] + "_direction.npy")
+  primary, _ = GT.fit_direction(t, "color", "red", "blue", space="w", labelled=labelled)
+  dirs = [GT.fit_direction(t, "position", p, q, space="w", labelled=labelled)[0]
+          for _, p, q in axes]
+  np.testing.assert_allclose(np.linalg.norm(n), 1.0, atol=1e-5)
+  np.testing.assert_allclose([float(np.dot(n, d)) for d in dirs], 0.0, atol=1e-5)
+  # and it is the primary with the span of the two axes removed (InterFaceGAN eq. 4)
+  c = np.stack(dirs)
+  expect = np.asarray(primary) - c.T @ np.linalg.lstsq(c @ c.T, c @ np.asarray(primary),
+                                                      rcond=None)[0]
+  np.testing.assert_allclose(n, expect / np.linalg.norm(expect), atol=1e-4)
+  with pytest.raises(ValueError, match="condition_mode must be"):
+    GT.edit(t, "color", "red", conditions=("position",), condition_mode="cells")
+  with pytest.raises(ValueError, match="do not name the cells of a grid"):
+    GT.edit(t, "size", "large", conditions=("color",), condition_mode="axes")
+
+
 def test_acceptance_protocol_writes_every_row(style_run):
   import json
   import os
@@ -757,14 +798,19 @@ def test_acceptance_protocol_writes_every_row(style_run):
     if r["layers"] == "auto":  # a contiguous range, the same for both variants of a direction
       assert r["layer_indices"] in gan_tools.layer_ranges(num_ws)
   auto = [r for r in rows if r["layers"] == "auto"]
-  assert len(auto) == 10 and all(a["layer_indices"] == b["layer_indices"]
+  assert len(auto) == 12 and all(a["layer_indices"] == b["layer_indices"]
                                  for a, b in zip(auto[::2], auto[1::2]))
   # the layer-wise rows: fitted on the layers after the coarse pair, edited inside them
   fitted = [r for r in rows if r["fit_layers"] is not None]
-  assert len(fitted) == 4 and all(r["fit_layers"] == "not-coarse" and r["layers"] == "auto"
+  assert len(fitted) == 6 and all(r["fit_layers"] == "not-coarse" and r["layers"] == "auto"
                                   and set(r["layer_indices"]) <= set(range(2, num_ws))
                                   for r in fitted)
   assert "[fit not-coarse]" in gan_acceptance.table(rows)
+  # one conditioned row projects out position's two grid axes instead of its nine cells
+  axes = [r for r in rows if r["condition_mode"] == "axes"]
+  assert len(axes) == 1 and axes[0]["condition"] == "position" and axes[0]["fit_layers"]
+  assert gan_acceptance.table(rows).count("[axes]") == 1
+  assert {r["condition_mode"] for r in rows if r["condition"]} == {"one-vs-rest", "axes"}
   saved = json.load(open(os.path.join(style_run, "edits", "acceptance.json")))
   assert saved["rows"] == json.loads(json.dumps(rows)) and saved["checkpoint_step"] == 4
   assert gan_acceptance.table(rows).count("\n") == len(rows) + 1
