@@ -1,7 +1,7 @@
 """The supervised-direction acceptance protocol of a `shapes` StyleGAN workdir, in one command.
 
   python -m experiments.gan_acceptance --workdir runs/stylegan_shapes [--num-latents 20000]
-      [--num-eval 400] [--space w] [--num-select 200]
+      [--num-eval 400] [--space w] [--num-select 200] [--match "[fit not-coarse]"]
 
 For each direction below (InterFaceGAN, `experiments.gan_tools.edit`): label
 `--num-latents` random latents once with the attribute classifier, fit a linear SVM on the
@@ -36,7 +36,8 @@ coarse pair (2 .. L-1) and another w on the coarse pair, the SVM sees the first 
 position's two grid axes (right vs left column, bottom vs top row: `gan_tools.grid_axes`)
 instead of its nine one-vs-rest directions.
 
-Writes ``WORKDIR/edits/acceptance.json`` (every record) and prints a markdown table; the
+Writes ``WORKDIR/edits/acceptance.json`` (every record; with ``--match``,
+``acceptance-<match>.json``) and prints a markdown table; the
 edit grids are the usual ``WORKDIR/edits/edit_*.png``.
 """
 from __future__ import annotations
@@ -44,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -87,15 +89,29 @@ def layer_group(num_ws: int, name):
   return groups[name]
 
 
+def entry_name(entry) -> str:
+  """The name `--match` filters on, as the table prints it for the conditioned variant, e.g.
+  'colour red vs blue (position) [auto] [fit not-coarse] [axes]'."""
+  label, _, _, _, condition, group, *extra = entry
+  fit, mode = (list(extra) + [None, "one-vs-rest"][len(extra):])[:2]
+  return (f"{label} ({condition})" + (f" [{group}]" if group else "")
+          + (f" [fit {fit}]" if fit else "") + (" [axes]" if mode == "axes" else ""))
+
+
 def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: str = "w",
-        seed: int = 0, num_select: int = 200) -> list[dict]:
-  """Runs every entry of `DIRECTIONS`; returns one row per (direction, conditioned or not)."""
+        seed: int = 0, num_select: int = 200, match: str | None = None) -> list[dict]:
+  """Runs every entry of `DIRECTIONS` (or those whose `entry_name` contains `match`); returns
+  one row per (direction, conditioned or not)."""
+  entries = [e for e in DIRECTIONS if match is None or match in entry_name(e)]
+  if not entries:
+    raise ValueError(f"no direction matches {match!r}; the names are:\n"
+                     + "\n".join(entry_name(e) for e in DIRECTIONS))
   t = gan_tools.Trained.load(workdir)
   # One labelled set per fit group serves every direction (each edit would otherwise
   # relabel the same one).
   labelled = {}
   rows = []
-  for label, attribute, positive, negative, condition, group, *extra in DIRECTIONS:
+  for label, attribute, positive, negative, condition, group, *extra in entries:
     start = time.perf_counter()
     fit, mode = (list(extra) + [None, "one-vs-rest"][len(extra):])[:2]
     layers = layer_group(t.generator.config.num_ws, group) if space == "w" else None
@@ -130,10 +146,13 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
           "both": r[f"changes_and_{condition}_stays_fraction"],
           "rises_flips_and_stays": r[f"rises_flips_and_{condition}_stays_fraction"],
           "grid": os.path.relpath(path, workdir), "seconds": time.perf_counter() - start})
-  out = os.path.join(workdir, "edits", "acceptance.json")
+  # a partial run (--match) writes a file of its own, never over the whole protocol's
+  suffix = "" if match is None else "-" + (re.sub(r"[^A-Za-z0-9]+", "-", match).strip("-")
+                                           or "match")
+  out = os.path.join(workdir, "edits", f"acceptance{suffix}.json")
   with open(out, "w") as f:
     json.dump({"checkpoint_step": t.step, "num_latents": num_latents, "num_eval": num_eval,
-               "rows": rows}, f, indent=2)
+               "seed": seed, "match": match, "rows": rows}, f, indent=2)
   return rows
 
 
@@ -172,9 +191,12 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--num-select", type=int, default=200,
                  help="latents the [auto] rows choose their layer range on")
+  p.add_argument("--match", default=None,
+                 help="run only the directions whose name contains this text, e.g. "
+                      "'[fit not-coarse]' (an unknown text lists the names)")
   args = p.parse_args(argv)
   rows = run(args.workdir, num_latents=args.num_latents, num_eval=args.num_eval,
-             space=args.space, seed=args.seed, num_select=args.num_select)
+             space=args.space, seed=args.seed, num_select=args.num_select, match=args.match)
   print(table(rows))
   return 0
 

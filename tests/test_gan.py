@@ -814,6 +814,18 @@ def test_acceptance_protocol_writes_every_row(style_run):
   saved = json.load(open(os.path.join(style_run, "edits", "acceptance.json")))
   assert saved["rows"] == json.loads(json.dumps(rows)) and saved["checkpoint_step"] == 4
   assert gan_acceptance.table(rows).count("\n") == len(rows) + 1
+  # --match runs a subset, into a file of its own (the whole protocol's stays as it was)
+  part = gan_acceptance.run(style_run, num_latents=64, num_eval=4, num_select=4,
+                            match="[axes]")
+  def untimed(rs):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+  assert untimed(part) == untimed(rows[-2:]) and part[1]["condition_mode"] == "axes"
+  sub = json.load(open(os.path.join(style_run, "edits", "acceptance-axes.json")))
+  assert sub["match"] == "[axes]" and sub["rows"] == json.loads(json.dumps(part))
+  assert json.load(open(os.path.join(style_run, "edits", "acceptance.json"))) == saved
+  with pytest.raises(ValueError,
+                     match=r"(?s)no direction matches 'hue'.*\[fit not-coarse\] \[axes\]"):
+    gan_acceptance.run(style_run, match="hue")
   # The shared labelled set is the one a standalone edit draws for the same seed.
   _, attribute, positive, negative, condition, _ = gan_acceptance.DIRECTIONS[0]
   path = gan_tools.edit(gan_tools.Trained.load(style_run), attribute, positive, negative,
