@@ -51,11 +51,11 @@ import time
 
 from experiments import gan_tools
 
-# (label, attribute, positive, negative, condition, layers[, fit]): layers None edits w on
-# every layer; "fine" edits only the last block's conv + toRGB w (the finest styles: colour,
-# Karras et al. 2019 sec. 3.1), "coarse" only the 4x4 conv and the next one (geometry);
-# fit "not-coarse" fits the direction layer-wise on the layers after the coarse pair; mode
-# "axes" conditions on the position's two grid axes instead of its nine cells.
+# (label, attribute, positive, negative, condition, layers[, fit[, mode]]): layers None edits
+# w on every layer; "fine" edits only the last block's conv + toRGB w (the finest styles:
+# colour, Karras et al. 2019 sec. 3.1), "coarse" only the 4x4 conv and the next one
+# (geometry); fit "not-coarse" fits the direction layer-wise on the layers after the coarse
+# pair; mode "axes" conditions on the position's two grid axes instead of its nine cells.
 DIRECTIONS = (
     ("size large vs small", "size", ["large"], None, "color", None),
     ("size large vs small", "size", ["large"], None, "position", None),
@@ -89,11 +89,18 @@ def layer_group(num_ws: int, name):
   return groups[name]
 
 
+def _unpack(entry) -> tuple:
+  """A `DIRECTIONS` entry with its optional fit (None) and condition mode filled in."""
+  head = tuple(entry[:6])
+  fit = entry[6] if len(entry) > 6 else None
+  mode = entry[7] if len(entry) > 7 else "one-vs-rest"
+  return (*head, fit, mode)
+
+
 def entry_name(entry) -> str:
   """The name `--match` filters on, as the table prints it for the conditioned variant, e.g.
   'colour red vs blue (position) [auto] [fit not-coarse] [axes]'."""
-  label, _, _, _, condition, group, *extra = entry
-  fit, mode = (list(extra) + [None, "one-vs-rest"][len(extra):])[:2]
+  label, _, _, _, condition, group, fit, mode = _unpack(entry)
   return (f"{label} ({condition})" + (f" [{group}]" if group else "")
           + (f" [fit {fit}]" if fit else "") + (" [axes]" if mode == "axes" else ""))
 
@@ -111,9 +118,9 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
   # relabel the same one).
   labelled = {}
   rows = []
-  for label, attribute, positive, negative, condition, group, *extra in entries:
+  for entry in entries:
+    label, attribute, positive, negative, condition, group, fit, mode = _unpack(entry)
     start = time.perf_counter()
-    fit, mode = (list(extra) + [None, "one-vs-rest"][len(extra):])[:2]
     layers = layer_group(t.generator.config.num_ws, group) if space == "w" else None
     if (group is not None and layers is None) or (fit is not None and space != "w"):
       continue  # layer groups exist only in W
