@@ -37,7 +37,8 @@ position's two grid axes (right vs left column, bottom vs top row: `gan_tools.gr
 instead of its nine one-vs-rest directions.
 
 Writes ``WORKDIR/edits/acceptance.json`` (every record; with ``--match``,
-``acceptance-<match>.json``) and prints a markdown table; the
+``acceptance-<match>.json``; ``-seed<N>`` added for a seed other than 0) and prints a
+markdown table; the
 edit grids are the usual ``WORKDIR/edits/edit_*.png``.
 """
 from __future__ import annotations
@@ -153,9 +154,11 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
           "both": r[f"changes_and_{condition}_stays_fraction"],
           "rises_flips_and_stays": r[f"rises_flips_and_{condition}_stays_fraction"],
           "grid": os.path.relpath(path, workdir), "seconds": time.perf_counter() - start})
-  # a partial run (--match) writes a file of its own, never over the whole protocol's
+  # a partial run (--match) or another seed writes a file of its own, never over the whole
+  # seed-0 protocol's
   suffix = "" if match is None else "-" + (re.sub(r"[^A-Za-z0-9]+", "-", match).strip("-")
                                            or "match")
+  suffix += f"-seed{seed}" if seed else ""
   out = os.path.join(workdir, "edits", f"acceptance{suffix}.json")
   with open(out, "w") as f:
     json.dump({"checkpoint_step": t.step, "num_latents": num_latents, "num_eval": num_eval,

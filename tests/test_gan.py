@@ -823,6 +823,10 @@ def test_acceptance_protocol_writes_every_row(style_run):
   sub = json.load(open(os.path.join(style_run, "edits", "acceptance-axes.json")))
   assert sub["match"] == "[axes]" and sub["rows"] == json.loads(json.dumps(part))
   assert json.load(open(os.path.join(style_run, "edits", "acceptance.json"))) == saved
+  part = gan_acceptance.run(style_run, num_latents=64, num_eval=4, num_select=4,
+                            match="[axes]", seed=1)
+  assert os.path.exists(os.path.join(style_run, "edits", "acceptance-axes-seed1.json"))
+  assert json.load(open(os.path.join(style_run, "edits", "acceptance-axes.json")))["seed"] == 0
   with pytest.raises(ValueError,
                      match=r"(?s)no direction matches 'hue'.*\[fit not-coarse\] \[axes\]"):
     gan_acceptance.run(style_run, match="hue")
