@@ -99,8 +99,8 @@ def _unpack(entry) -> tuple:
 
 
 def entry_name(entry) -> str:
-  """The name `--match` filters on, as the table prints it for the conditioned variant, e.g.
-  'colour red vs blue (position) [auto] [fit not-coarse] [axes]'."""
+  """The name `--match` filters on: the conditioned variant's name in the table without the
+  chosen layer indices, e.g. 'colour red vs blue (position) [auto] [fit not-coarse] [axes]'."""
   label, _, _, _, condition, group, fit, mode = _unpack(entry)
   return (f"{label} ({condition})" + (f" [{group}]" if group else "")
           + (f" [fit {fit}]" if fit else "") + (" [axes]" if mode == "axes" else ""))

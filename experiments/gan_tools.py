@@ -235,7 +235,7 @@ def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positiv
   logodds = np.asarray(gan.attribute_logodds(logits[attribute], pos, neg))  # [M, B]
   p_pos = np.asarray(jax.nn.softmax(logits[attribute], -1))[..., pos].sum(-1)  # [M, B]
   cls = logits[attribute].argmax(-1)
-  flips = np.isin(cls[0], neg) & np.isin(cls[-1], pos)
+  flips = gan.class_flips(cls, pos, neg)
   changes = cls[0] != cls[-1]
   # per latent: the exact log-odds never decreases at any step (no tolerance); with a class
   # change it is the strictest reading of "moves the output monotonically"

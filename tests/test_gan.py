@@ -357,6 +357,12 @@ def test_conditional_direction_and_edits(key):
   np.testing.assert_array_equal(gan.monotonic_columns(cols, tol=1.0), [True, True, False])
   np.testing.assert_array_equal(gan.monotonic_columns(cols, increasing=False),
                                 [False, False, True])
+  # class paths [M=3, B=4]: 0 -> 2 flips; 1 -> 2 starts outside the negatives; 0 -> 1 never
+  # reaches the positive; 2 -> 0 goes the other way
+  classes = np.array([[0, 1, 0, 2], [1, 1, 2, 1], [2, 2, 1, 0]])
+  np.testing.assert_array_equal(gan.class_flips(classes, [2], [0]), [True, False, False, False])
+  np.testing.assert_array_equal(gan.class_flips(classes, 2, [0, 1]), [True, True, False, False])
+  np.testing.assert_array_equal(gan.class_flips(classes, [0], [2]), [False, False, False, True])
   probs = jnp.array([[0.7, 0.2, 0.1]])
   np.testing.assert_allclose(gan.attribute_score(probs, 0), math.log(0.7 / 0.3), rtol=1e-4)
   np.testing.assert_allclose(gan.attribute_score(probs, 0, 2), math.log(7.0), rtol=1e-4)

@@ -4,12 +4,12 @@ Models live in `jaxgen.nn` (`DCGANGenerator`, `DCGANDiscriminator`, `StyleGenera
 `StyleDiscriminator`); everything here is a pure function or a factory of one.
 """
 from jaxgen.gan.directions import (VoynovState, attribute_index, attribute_logodds,
-                                   attribute_score, conditional_direction, edit_latents,
-                                   fit_linear_classifier, init_voynov, layer_mask,
+                                   attribute_score, class_flips, conditional_direction,
+                                   edit_latents, fit_linear_classifier, init_voynov, layer_mask,
                                    layerwise_ws, make_voynov_step, monotonic_and_flips_fraction,
-                                   monotonic_columns, monotonic_fraction, normalize_directions, projection_std,
-                                   rises_and_flips, rises_where_unsaturated, select_confident,
-                                   supervised_direction)
+                                   monotonic_columns, monotonic_fraction, normalize_directions,
+                                   projection_std, rises_and_flips, rises_where_unsaturated,
+                                   select_confident, supervised_direction)
 from jaxgen.gan.latent import (group_mask, group_mean, interpolate, latent_arithmetic,
                                latents_from_seeds, lerp, parse_seeds, slerp, truncate)
 from jaxgen.gan.losses import (LOSSES, d_loss_hinge, d_loss_logistic, g_loss_hinge,
@@ -22,11 +22,11 @@ from jaxgen.gan.steps import (GANState, apply_model, generator_z_dim, make_d_ste
                               make_gan_step, make_pl_step)
 
 __all__ = [
-    "VoynovState", "attribute_index", "attribute_logodds", "attribute_score",
+    "VoynovState", "attribute_index", "attribute_logodds", "attribute_score", "class_flips",
     "conditional_direction", "edit_latents", "fit_linear_classifier", "init_voynov",
     "layer_mask", "layerwise_ws", "make_voynov_step", "monotonic_and_flips_fraction",
-    "monotonic_columns", "monotonic_fraction", "normalize_directions", "projection_std", "rises_and_flips",
-    "rises_where_unsaturated", "select_confident", "supervised_direction",
+    "monotonic_columns", "monotonic_fraction", "normalize_directions", "projection_std",
+    "rises_and_flips", "rises_where_unsaturated", "select_confident", "supervised_direction",
     "group_mask", "group_mean", "interpolate", "latent_arithmetic", "latents_from_seeds", "lerp",
     "parse_seeds", "slerp", "truncate", "LOSSES", "d_loss_hinge", "d_loss_logistic",
     "g_loss_hinge", "g_loss_minimax", "g_loss_nonsaturating", "get_losses", "path_lengths",

@@ -24,8 +24,9 @@ from flax import struct
 
 __all__ = ["attribute_index", "attribute_score", "attribute_logodds", "select_confident",
            "fit_linear_classifier", "supervised_direction", "conditional_direction",
-           "edit_latents", "layer_mask", "layerwise_ws", "projection_std", "monotonic_fraction",
-           "monotonic_and_flips_fraction", "normalize_directions", "rises_and_flips",
+           "edit_latents", "layer_mask", "layerwise_ws", "projection_std", "monotonic_columns",
+           "monotonic_fraction", "monotonic_and_flips_fraction", "class_flips",
+           "normalize_directions", "rises_and_flips", "rises_where_unsaturated",
            "VoynovState", "init_voynov", "make_voynov_step"]
 
 
@@ -314,9 +315,10 @@ def edit_latents(latents, direction, magnitudes, mask=None):
   return latents[None] + m[:, None, None, None] * mask[None, None, :, None] * n[None, None, None]
 
 
-def _flips(classes, positive, negative):
-  """Per latent [B]: the class [M, B] is one of `negative` at the first m, one of `positive`
-  at the last."""
+def class_flips(classes, positive, negative):
+  """Per latent [B]: the predicted class ``classes`` [M, B] is one of `negative` at the
+  first m and one of `positive` at the last (an edit that takes the attribute from one side
+  to the other)."""
   c = np.asarray(classes)
   return np.isin(c[0], np.atleast_1d(negative)) & np.isin(c[-1], np.atleast_1d(positive))
 
@@ -326,7 +328,7 @@ def rises_and_flips(values, classes, positive, negative, *, tol: float = 0.0):
   AND the predicted class ``classes`` [M, B] goes from one of `negative` at the first m to
   one of `positive` at the last: the score both moves and moves one way (a saturated,
   unchanged score alone does not count)."""
-  return monotonic_columns(values, tol=tol) & _flips(classes, positive, negative)
+  return monotonic_columns(values, tol=tol) & class_flips(classes, positive, negative)
 
 
 def rises_where_unsaturated(logodds, probs, classes, positive, negative, *,
@@ -352,7 +354,7 @@ def rises_where_unsaturated(logodds, probs, classes, positive, negative, *,
   hi, low = np.maximum(p[:-1], p[1:]), np.minimum(p[:-1], p[1:])
   judged = (hi > saturation) & (low < 1.0 - saturation)
   rises = ~np.any(judged & (np.diff(lo, axis=0) < 0), axis=0)
-  return rises & _flips(c, positive, negative)
+  return rises & class_flips(c, positive, negative)
 
 
 def monotonic_and_flips_fraction(values, classes, positive, negative, *, tol: float = 0.0):
