@@ -468,6 +468,7 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   name += "_layers" + "-".join(map(str, layers)) if layers is not None else ""
   name += "_auto" if selection is not None else ""
   name += "_fit" + "-".join(map(str, fit_layers)) if fit_layers is not None else ""
+  name += f"_seed{seed}" if seed else ""  # another labelled set must not overwrite seed 0's
   np.save(_out(t, name)[:-4] + "_direction.npy", np.asarray(n))
   return _write(_out(t, name), t.images(grid, space), num_m, record, t, "edit")
 

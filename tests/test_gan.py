@@ -780,6 +780,24 @@ def test_grid_axes_and_axis_conditioned_edit(style_run):
     GT.edit(t, "size", "large", conditions=("color",), condition_mode="axes")
 
 
+def test_edit_of_another_labelled_seed_keeps_seed_zero_files(style_run):
+  """An edit fitted on another labelled set (seed 1) writes its own files instead of
+  overwriting seed 0's grid, record and direction."""
+  import json
+  import os
+  from experiments import gan_tools as GT
+  t = GT.Trained.load(style_run)
+  kw = dict(space="w", num_latents=32, num_eval=2, seeds=[0], num_m=3)
+  p0 = GT.edit(t, "size", "large", **kw)
+  n0 = np.load(p0[:-4] + "_direction.npy")
+  p1 = GT.edit(t, "size", "large", seed=1, **kw)
+  assert p1 == p0[:-4] + "_seed1.png" and os.path.isfile(p1) and os.path.isfile(p0)
+  # seed 0's direction file is untouched, and the two labelled sets give two directions
+  np.testing.assert_array_equal(np.load(p0[:-4] + "_direction.npy"), n0)
+  assert not np.allclose(np.load(p1[:-4] + "_direction.npy"), n0)
+  assert json.load(open(p1[:-4] + ".json"))["num_latents"] == 32
+
+
 def test_acceptance_protocol_writes_every_row(style_run):
   import json
   import os
