@@ -117,7 +117,8 @@ def invert(t: Trained, *, test_images=None, seeds=None, targets=None, num_steps:
   grid = np.concatenate([images[:n], proj[:n]])
   path = _out(t, f"invert_{what}_{'wplus' if w_plus else 'w'}_{len(images)}"
                + ("" if kwargs.get("optimize_noise", True) else "_fixednoise")
-               + (f"_restarts{kwargs['num_restarts']}" if kwargs.get("num_restarts", 1) > 1 else ""))
+               + (f"_restarts{kwargs['num_restarts']}" if kwargs.get("num_restarts", 1) > 1 else ""),
+               seed)
   np.savez_compressed(path[:-4] + ".npz", targets=images, projections=proj, ws=ws)
   return _write(path, grid, n, record, t, "invert")
 
@@ -468,9 +469,9 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   name += "_layers" + "-".join(map(str, layers)) if layers is not None else ""
   name += "_auto" if selection is not None else ""
   name += "_fit" + "-".join(map(str, fit_layers)) if fit_layers is not None else ""
-  name += f"_seed{seed}" if seed else ""  # another labelled set must not overwrite seed 0's
-  np.save(_out(t, name)[:-4] + "_direction.npy", np.asarray(n))
-  return _write(_out(t, name), t.images(grid, space), num_m, record, t, "edit")
+  path = _out(t, name, seed)
+  np.save(path[:-4] + "_direction.npy", np.asarray(n))
+  return _write(path, t.images(grid, space), num_m, record, t, "edit")
 
 
 # --- vector arithmetic ----------------------------------------------------------------
@@ -519,7 +520,8 @@ def arithmetic(t: Trained, expr: str, *, space: str = "z", num_latents: int = 50
             "group_sizes": [int(gan.group_mask(labels, q).sum()) for _, q in terms],
             "result_prediction": {k: t.attributes[k][int(v[0].argmax())] for k, v in pred.items()}}
   name = "arith_" + "".join(c if c.isalnum() else "_" for c in expr)[:60] + f"_{space}"
-  return _write(_out(t, name), np.concatenate(rows + [out]), num_show, record, t, "arithmetic")
+  return _write(_out(t, name, seed), np.concatenate(rows + [out]), num_show, record, t,
+                "arithmetic")
 
 
 # --- unsupervised directions (Voynov & Babenko) ---------------------------------------
@@ -566,8 +568,9 @@ def discover(t: Trained, *, num_directions: int = 16, num_steps: int = 1000, spa
   record = {"num_directions": num_directions, "num_steps": num_steps, "space": space,
             "reconstructor_accuracy_last100": float(np.mean(accs[-100:])),
             "directions": changes}
-  np.save(_out(t, f"discover_{space}")[:-4] + "_directions.npy", dirs)
-  return _write(_out(t, f"discover_{space}"), t.images(grid, space), len(show), record, t,
+  path = _out(t, f"discover_{space}", seed)
+  np.save(path[:-4] + "_directions.npy", dirs)
+  return _write(path, t.images(grid, space), len(show), record, t,
                 "discover")
 
 

@@ -121,7 +121,9 @@ def _write(path: str, images, nrow: int, record: dict, t: Trained, command: str)
   return path
 
 
-def _out(t: Trained, name: str) -> str:
+def _out(t: Trained, name: str, seed: int = 0) -> str:
+  """WORKDIR/edits/<name>.png; a command run with another random seed (N > 0) writes
+  <name>_seedN.png, so it does not overwrite the seed-0 outputs."""
   d = os.path.join(t.workdir, "edits")
   os.makedirs(d, exist_ok=True)
-  return os.path.join(d, name + ".png")
+  return os.path.join(d, name + (f"_seed{seed}" if seed else "") + ".png")

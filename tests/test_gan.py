@@ -576,6 +576,7 @@ def test_nonfinite_parameters_are_never_saved(style_run, tmp_path):
 
 def test_tools_interpolate_invert_edit_and_errors(style_run):
   import json
+  import os
   from experiments import gan_tools as GT
   t = GT.Trained.load(style_run)
   path = GT.interpolate(t, [0, 1, 2], num=4, space="w")
@@ -583,6 +584,10 @@ def test_tools_interpolate_invert_edit_and_errors(style_run):
   path = GT.invert(t, test_images=[0, 1], num_steps=3, perceptual_weight=0.0)
   rec = json.load(open(path[:-4] + ".json"))
   assert rec["num"] == 2 and len(rec["psnr"]) == 2 and np.all(np.isfinite(rec["psnr"]))
+  # another random seed writes its own files beside seed 0's (shared by every seeded command)
+  assert GT.invert(t, test_images=[0, 1], num_steps=3, perceptual_weight=0.0,
+                   seed=2) == path[:-4] + "_seed2.png"
+  assert os.path.isfile(path) and os.path.isfile(path[:-4] + "_seed2.npz")
   with pytest.raises(ValueError, match="resize them to 16x16"):
     GT.invert_images(t, np.zeros((1, 32, 32, 3)), jax.random.key(0), num_steps=2)
   path = GT.edit(t, "size", "large", conditions=("color",), num_latents=64, num_eval=4,
