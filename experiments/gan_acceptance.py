@@ -2,6 +2,7 @@
 
   python -m experiments.gan_acceptance --workdir runs/stylegan_shapes [--num-latents 20000]
       [--num-eval 400] [--space w] [--num-select 200] [--match "[fit not-coarse]"]
+      [--truncation-psi 0.7]
 
 For each direction below (InterFaceGAN, `experiments.gan_tools.edit`): label
 `--num-latents` random latents once with the attribute classifier, fit a linear SVM on the
@@ -23,7 +24,10 @@ m in linspace(-3, 3, 13) (m in standard deviations of the latents along n) and m
 - stays: the conditioned attribute's predicted class equals its m = 0 class at every m;
 - both: changes and stays;
 - rises & flips (0.001) and stays: both of those on the same latent (what a conditional
-  edit is for: reach the target value and leave the condition alone).
+  edit is for: reach the target value and leave the condition alone);
+- both, condition definite: "both" over the latents whose conditioned attribute has a
+  definite value at m = 0 (its class probability >= 0.9; their share in brackets): a sample
+  the classifier cannot place has no position to keep.
 
 Rows marked [fine] / [coarse] edit only those W+ layers (`gan_tools.edit(layers=)`); the
 direction is the same one fitted on w. Rows marked [auto] edit the contiguous layer range
@@ -36,8 +40,13 @@ coarse pair (2 .. L-1) and another w on the coarse pair, the SVM sees the first 
 position's two grid axes (right vs left column, bottom vs top row: `gan_tools.grid_axes`)
 instead of its nine one-vs-rest directions.
 
+`--truncation-psi` < 1 samples every latent of the protocol truncated towards the mean w
+(InterFaceGAN labels and edits StyleGAN samples with psi = 0.7; `gan_tools.
+check_edit_truncation`).
+
 Writes ``WORKDIR/edits/acceptance.json`` (every record; with ``--match``,
-``acceptance-<match>.json``; ``-seed<N>`` added for a seed other than 0) and prints a
+``acceptance-<match>.json``; ``-psi<psi>`` added for truncation, ``-seed<N>`` for a seed
+other than 0) and prints a
 markdown table; the
 edit grids are the usual ``WORKDIR/edits/edit_*.png``.
 """
@@ -107,7 +116,8 @@ def entry_name(entry) -> str:
 
 
 def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: str = "w",
-        seed: int = 0, num_select: int = 200, match: str | None = None) -> list[dict]:
+        seed: int = 0, num_select: int = 200, match: str | None = None,
+        truncation_psi: float = 1.0) -> list[dict]:
   """Runs every entry of `DIRECTIONS` (or those whose `entry_name` contains `match`); returns
   one row per (direction, conditioned or not)."""
   entries = [e for e in DIRECTIONS if match is None or match in entry_name(e)]
@@ -115,6 +125,7 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
     raise ValueError(f"no direction matches {match!r}; the names are:\n"
                      + "\n".join(entry_name(e) for e in DIRECTIONS))
   t = gan_tools.Trained.load(workdir)
+  psi = gan_tools.check_edit_truncation(t, space, truncation_psi)
   # One labelled set per fit group serves every direction (each edit would otherwise
   # relabel the same one).
   labelled = {}
@@ -128,11 +139,11 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
     fit_layers = None if fit is None else layer_group(t.generator.config.num_ws, fit)
     if fit not in labelled:
       labelled[fit] = gan_tools.edit_labels(t, num_latents, space=space, seed=seed,
-                                            fit_layers=fit_layers)
+                                            fit_layers=fit_layers, psi=psi)
     path = gan_tools.edit(t, attribute, positive, negative, conditions=(condition,),
                           space=space, num_latents=num_latents, num_eval=num_eval, seed=seed,
                           labelled=labelled[fit], layers=layers, num_select=num_select,
-                          fit_layers=fit_layers, condition_mode=mode)
+                          fit_layers=fit_layers, condition_mode=mode, truncation_psi=psi)
     with open(path[:-4] + ".json") as f:
       record = json.load(f)
     for kind in ("unconditioned", "conditioned"):
@@ -153,17 +164,25 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
           "stays": r[f"{condition}_stays_fraction"],
           "both": r[f"changes_and_{condition}_stays_fraction"],
           "rises_flips_and_stays": r[f"rises_flips_and_{condition}_stays_fraction"],
+          "condition_confident": r[f"{condition}_confident_fraction"],
+          "stays_given_confident": r[f"{condition}_stays_given_confident_fraction"],
+          "both_given_confident": r[f"changes_and_{condition}_stays_given_confident_fraction"],
           "grid": os.path.relpath(path, workdir), "seconds": time.perf_counter() - start})
   # a partial run (--match) or another seed writes a file of its own, never over the whole
   # seed-0 protocol's
   suffix = "" if match is None else "-" + (re.sub(r"[^A-Za-z0-9]+", "-", match).strip("-")
                                            or "match")
+  suffix += f"-psi{psi:g}" if psi != 1.0 else ""
   suffix += f"-seed{seed}" if seed else ""
   out = os.path.join(workdir, "edits", f"acceptance{suffix}.json")
   with open(out, "w") as f:
     json.dump({"checkpoint_step": t.step, "num_latents": num_latents, "num_eval": num_eval,
-               "seed": seed, "match": match, "rows": rows}, f, indent=2)
+               "seed": seed, "match": match, "truncation_psi": psi, "rows": rows}, f, indent=2)
   return rows
+
+
+def _pct(v) -> str:
+  return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
 def table(rows: list[dict]) -> str:
@@ -172,8 +191,9 @@ def table(rows: list[dict]) -> str:
            "| monotonic log-odds & changes "
            "| P non-decreasing | P rises & flips (tol 0 / 0.001 / 0.01) "
            "| unsaturated log-odds rises & flips | changes "
-           "| stays (measured attr.) | both | rises & flips (0.001) and stays |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| stays (measured attr.) | both | rises & flips (0.001) and stays "
+           "| both, condition definite (share) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     name = r["direction"] + (f" ({r['condition']})" if r["condition"] else "")
     name += f" [{r['layers']} {r['layer_indices']}]" if r.get("layers") else ""
@@ -187,7 +207,8 @@ def table(rows: list[dict]) -> str:
         f"{100 * r['monotonic_p_tol_0']:.1f}% | {flips} | "
         f"{100 * r['logodds_rises_unsaturated_and_flips']:.1f}% | {100 * r['changes']:.1f}% | "
         f"{100 * r['stays']:.1f}% ({r['measured_condition']}) | {100 * r['both']:.1f}% | "
-        f"{100 * r['rises_flips_and_stays']:.1f}% |")
+        f"{100 * r['rises_flips_and_stays']:.1f}% | {_pct(r['both_given_confident'])} "
+        f"({100 * r['condition_confident']:.1f}%) |")
   return "\n".join(lines)
 
 
@@ -204,9 +225,12 @@ def main(argv=None) -> int:
   p.add_argument("--match", default=None,
                  help="run only the directions whose name contains this text, e.g. "
                       "'[fit not-coarse]' (an unknown text lists the names)")
+  p.add_argument("--truncation-psi", type=float, default=1.0,
+                 help="sample every latent truncated towards the mean w (InterFaceGAN: 0.7)")
   args = p.parse_args(argv)
   rows = run(args.workdir, num_latents=args.num_latents, num_eval=args.num_eval,
-             space=args.space, seed=args.seed, num_select=args.num_select, match=args.match)
+             space=args.space, seed=args.seed, num_select=args.num_select, match=args.match,
+             truncation_psi=args.truncation_psi)
   print(table(rows))
   return 0
 

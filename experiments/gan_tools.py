@@ -4,7 +4,7 @@ The loaded workdir (`Trained`) lives in `experiments.gan_trained`.
 
   python -m experiments.gan_tools interpolate --workdir DIR --seeds 0-3 [--space z|w] [--method slerp|lerp]
   python -m experiments.gan_tools invert --workdir DIR --test-images 0-7 | --seeds 0-7 | --target a.png [--w-plus]
-  python -m experiments.gan_tools edit --workdir DIR --attribute size --positive large [--condition color] [--m-units std|unit] [--space w --layers 4-5 | auto] [--fit-layers 2-5] [--condition-mode axes]
+  python -m experiments.gan_tools edit --workdir DIR --attribute size --positive large [--condition color] [--m-units std|unit] [--space w --layers 4-5 | auto] [--fit-layers 2-5] [--condition-mode axes] [--truncation-psi 0.7]
   python -m experiments.gan_tools arithmetic --workdir DIR --expr "large red circle - red + blue"
   python -m experiments.gan_tools discover --workdir DIR [--directions 16] [--steps 1000]
 """
@@ -25,7 +25,7 @@ from jaxgen import gan
 from jaxgen import metrics as M
 from experiments.gan_trained import _CACHE, Trained, _check_space, _out, _write
 from jaxgen.nn import DirectionReconstructor
-from jaxgen.nn.stylegan import broadcast_ws
+from jaxgen.nn.stylegan import broadcast_ws, check_truncation_psi
 
 
 # --- interpolation --------------------------------------------------------------------
@@ -176,9 +176,10 @@ def classifier_logits(t: Trained, images, batch_size: int = 500) -> dict:
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def label_latents(t: Trained, num_latents: int, *, space: str, key) -> tuple:
-  """`num_latents` random latents of `space` and the classifier's logits on their images."""
-  lat = np.asarray(t.latents(jax.random.normal(key, (num_latents, t.z_dim)), space))
+def label_latents(t: Trained, num_latents: int, *, space: str, key, psi: float = 1.0) -> tuple:
+  """`num_latents` random latents of `space` and the classifier's logits on their images
+  (`psi` < 1: W latents truncated towards the mean w, `check_edit_truncation`)."""
+  lat = np.asarray(t.latents(jax.random.normal(key, (num_latents, t.z_dim)), space, psi))
   return lat, classifier_logits(t, t.images(lat, space))
 
 
@@ -205,6 +206,11 @@ def fit_direction(t: Trained, attribute: str, positive, negative=None, *, space:
                          sigma=gan.projection_std(lat_all, direction))
 
 
+# the class probability above which an attribute's value counts as definite (the threshold of
+# the confident-sample counts in `experiments.gan` evaluation and of arithmetic's groups)
+CONFIDENT = 0.9
+
+
 def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positive,
                   negative=None, *, space: str = "z", conditions=(), layers=None) -> tuple:
   """Classifier response along latents + m n (m as given: scale it by sigma for std units).
@@ -221,7 +227,9 @@ def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positiv
   never decreases on a step where 0.001 < P < 0.999 at either end, and the class flips
   (`gan.rises_where_unsaturated`);
   per condition c, 'changes_and_{c}_stays' and 'rises_flips_and_{c}_stays' (the latter: P
-  rises within 0.001 and flips, and c stays: the edit does what it is for, only that).
+  rises within 0.001 and flips, and c stays: the edit does what it is for, only that);
+  '{c}_confident' (c's m = 0 class has probability >= `CONFIDENT`), and '{c}_stays_given_
+  confident' / 'changes_and_{c}_stays_given_confident' over those latents only (None if none).
   `layers` (W only): edit just these W+ layers (`gan.layer_mask`), the others keep w.
   Returns (dict, log-odds [M, B]).
   """
@@ -260,6 +268,14 @@ def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positiv
     out[f"{c}_stays_fraction"] = float(stays.mean())
     out[f"changes_and_{c}_stays_fraction"] = float((changes & stays).mean())
     out[f"rises_flips_and_{c}_stays_fraction"] = float((rises_flips[0.001] & stays).mean())
+    # the same, judged only where the condition has a definite value to keep: its m = 0
+    # class has probability >= CONFIDENT (a sample between two positions has none)
+    sure = np.asarray(jax.nn.softmax(logits[c][m_ // 2], -1)).max(-1) >= CONFIDENT
+    out[f"{c}_confident_fraction"] = float(sure.mean())
+    out[f"{c}_stays_given_confident_fraction"] = (
+        float(stays[sure].mean()) if sure.any() else None)
+    out[f"changes_and_{c}_stays_given_confident_fraction"] = (
+        float((changes & stays)[sure].mean()) if sure.any() else None)
   return out, logodds
 
 
@@ -337,21 +353,42 @@ def select_layers(t: Trained, direction, latents, magnitudes, attribute, positiv
   return best["layers"], table
 
 
+def check_edit_truncation(t: Trained, space: str, psi) -> float:
+  """The truncation psi of an edit protocol as a float; clear errors.
+
+  psi < 1 samples every latent of the protocol (labelled, selection, evaluated, drawn) as
+  w_avg + psi (w - w_avg) on all layers: InterFaceGAN labels and edits StyleGAN samples
+  truncated with psi = 0.7 (Shen et al. 2020, the released settings; StyleGAN truncates the
+  first 8 of 18 layers, StyleGAN2 all by default, as here). m stays in std units of the
+  sampled latents along n, so an edit of m sigma equals editing the untruncated w by
+  m sigma_untruncated and truncating afterwards, InterFaceGAN's order (truncation is affine).
+  W space of a style-based generator only: truncating z would change z's distribution."""
+  check_truncation_psi(psi)
+  psi = float(psi)
+  if psi != 1.0 and (space != "w" or not t.style):
+    raise ValueError(f"truncation_psi={psi} needs the W space of a style-based generator "
+                     f"(--space w), got space={space!r}" + ("" if t.style else " on a DCGAN")
+                     + ".")
+  return psi
+
+
 def edit_labels(t: Trained, num_latents: int, *, space: str, seed: int = 0,
-                fit_layers=None) -> tuple:
+                fit_layers=None, psi: float = 1.0) -> tuple:
   """The labelled set `edit` fits its directions on for `seed`: (latents, logits).
+  psi: truncation of every sampled latent (`check_edit_truncation`); pass the same to `edit`.
 
   fit_layers (W of a style generator): label layer-wise instead: the images of W+ latents
   whose `fit_layers` take one random w and the other layers another (`gan.layerwise_ws`);
   the latents returned are the `fit_layers`' w, so a direction fitted on them is the
   attribute's direction in those layers with the rest held fixed."""
+  psi = check_edit_truncation(t, space, psi)
   key = jax.random.fold_in(jax.random.key(seed), 0)
   if fit_layers is None:
-    return label_latents(t, num_latents, space=space, key=key)
+    return label_latents(t, num_latents, space=space, key=key, psi=psi)
   mask = _layer_mask(t, space, fit_layers)
-  w = t.latents(jax.random.normal(key, (num_latents, t.z_dim)), "w")
+  w = t.latents(jax.random.normal(key, (num_latents, t.z_dim)), "w", psi)
   w_layers = t.latents(jax.random.normal(jax.random.fold_in(jax.random.key(seed), 3),
-                                         (num_latents, t.z_dim)), "w")
+                                         (num_latents, t.z_dim)), "w", psi)
   ws = gan.layerwise_ws(w, w_layers, mask)
   return np.asarray(w_layers), classifier_logits(t, t.images(ws, "w"))
 
@@ -361,7 +398,7 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
          num_latents: int = 5000, num_eval: int = 200, fraction: float = 0.1,
          m_units: str = "std", l2: float = 1e-2, seed: int = 0, labelled=None,
          layers=None, num_select: int = 200, fit_layers=None,
-         condition_mode: str = "one-vs-rest") -> str:
+         condition_mode: str = "one-vs-rest", truncation_psi: float = 1.0) -> str:
   """Fits the direction (and the conditional one if `conditions`) on one labelled set,
   measures it on `num_eval` fresh random latents over 13 m in [-max_m, max_m] and draws
   edits of `seeds` (rows).
@@ -384,7 +421,11 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   binary attribute); 'axes' the two binary directions of a grid attribute's axes
   (`grid_axes`: right vs left column, bottom vs top row), so only two dimensions leave the
   edit instead of nine.
+  truncation_psi: < 1 samples every latent (labelled, selection, evaluated, the grid's seeds)
+  truncated towards the mean w (`check_edit_truncation`; InterFaceGAN uses 0.7); a
+  `labelled` set must come from `edit_labels` with the same psi. Outputs get '_psi<psi>'.
   """
+  psi = check_edit_truncation(t, space, truncation_psi)
   if m_units not in ("std", "unit"):
     raise ValueError(f"m_units must be 'std' or 'unit', got {m_units!r}.")
   if condition_mode not in ("one-vs-rest", "axes"):
@@ -413,7 +454,8 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
       grid_axes(t.attributes[c])  # fail before any work
   key = jax.random.key(seed)
   if labelled is None:
-    labelled = edit_labels(t, num_latents, space=space, seed=seed, fit_layers=fit_layers)
+    labelled = edit_labels(t, num_latents, space=space, seed=seed, fit_layers=fit_layers,
+                           psi=psi)
   elif labelled[0].shape != (num_latents, t.z_dim if space == "z" else t.generator.config.w_dim):
     raise ValueError(f"labelled latents must be [{num_latents}, latent size] of space "
                      f"{space!r} (from edit_labels), got {labelled[0].shape}.")
@@ -427,16 +469,18 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   selection = None
   if auto:  # chosen on latents of their own, never the reported ones
     lat_sel = t.latents(jax.random.normal(jax.random.fold_in(key, 2), (num_select, t.z_dim)),
-                        space)
+                        space, psi)
     layers, selection = select_layers(t, n, lat_sel, ms * scale(n), attribute, positive,
                                       negative, conditions=conditions, within=fit_layers)
   record = {"direction": info, "max_m": max_m, "num_eval": num_eval, "m_units": m_units,
             "num_latents": num_latents, "fraction": fraction, "l2": l2,
             "layers": None if layers is None else [int(i) for i in layers],
-            "fit_layers": fit_layers, "condition_mode": condition_mode}
+            "fit_layers": fit_layers, "condition_mode": condition_mode,
+            "truncation_psi": psi}
   if selection is not None:
     record.update(layers_selected="auto", num_select=num_select, layer_selection=selection)
-  lat_eval = t.latents(jax.random.normal(jax.random.fold_in(key, 1), (num_eval, t.z_dim)), space)
+  lat_eval = t.latents(jax.random.normal(jax.random.fold_in(key, 1), (num_eval, t.z_dim)), space,
+                       psi)
 
   record["unconditioned"], _ = measure_edits(t, n, lat_eval, ms * scale(n), attribute, positive,
                                              negative, space=space, conditions=conditions,
@@ -459,7 +503,7 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
                                              conditions=conditions, layers=layers)
     record["conditioned"]["sigma"] = scale(n)
   show = np.linspace(-max_m, max_m, num_m) * scale(n)
-  lat = t.latents(gan.latents_from_seeds(list(seeds), t.z_dim), space)
+  lat = t.latents(gan.latents_from_seeds(list(seeds), t.z_dim), space, psi)
   grid = np.asarray(_edit(t, lat, n, show, space, layers))  # [num_m, seeds, (L,) D]
   grid = np.swapaxes(grid, 0, 1).reshape((-1,) + grid.shape[2:])
   name = f"edit_{attribute}_{'-'.join(map(str, _as_list(positive)))}_{space}"
@@ -469,6 +513,7 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
   name += "_layers" + "-".join(map(str, layers)) if layers is not None else ""
   name += "_auto" if selection is not None else ""
   name += "_fit" + "-".join(map(str, fit_layers)) if fit_layers is not None else ""
+  name += f"_psi{psi:g}" if psi != 1.0 else ""
   path = _out(t, name, seed)
   np.save(path[:-4] + "_direction.npy", np.asarray(n))
   return _write(path, t.images(grid, space), num_m, record, t, "edit")
@@ -628,6 +673,9 @@ def main(argv=None) -> int:
                  help="project out one direction per value of each --condition (default), or "
                       "the two axes of a grid attribute (position: right vs left column, "
                       "bottom vs top row)")
+  c.add_argument("--truncation-psi", type=float, default=1.0,
+                 help="sample every latent truncated towards the mean w, w_avg + psi (w - w_avg) "
+                      "(InterFaceGAN: 0.7); --space w")
   cmds["arithmetic"].add_argument("--expr", required=True)
   c = cmds["discover"]
   c.add_argument("--directions", type=int, default=16)
@@ -654,7 +702,8 @@ def main(argv=None) -> int:
                 num_latents=args.num_latents, num_eval=args.num_eval, seed=args.seed,
                 m_units=args.m_units, fraction=args.fraction, l2=args.l2,
                 layers=parse_layers(args.layers), num_select=args.num_select,
-                fit_layers=parse_layers(args.fit_layers), condition_mode=args.condition_mode)
+                fit_layers=parse_layers(args.fit_layers), condition_mode=args.condition_mode,
+                truncation_psi=args.truncation_psi)
   elif args.command == "arithmetic":
     path = arithmetic(t, args.expr, space=args.space, seed=args.seed)
   else:

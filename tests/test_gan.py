@@ -645,12 +645,16 @@ def test_measure_edits_counts_each_outcome_per_latent(style_run, monkeypatch):
                  [0, 2, 0]]   # up and back down, position stays
   position_path = [[4, 4, 4], [4, 4, 7], [4, 4, 4], [4, 4, 4]]
 
-  def one_hot_logits(paths, k):  # [latent][m] classes -> [M * B, k], M-major like the edits
-    cls = np.asarray(paths).T.reshape(-1)
-    return 10.0 * np.eye(k, dtype=np.float32)[cls]
+  position_scale = 10.0  # logit of the position class: 10 is confident, 1 is not
+
+  def one_hot_logits(paths, k, scale=10.0):  # [latent][m] classes -> [M * B, k], M-major
+    paths = np.asarray(paths)
+    scale = np.tile(np.broadcast_to(np.float32(scale), paths.shape[:1]), paths.shape[1])
+    return scale[:, None] * np.eye(k, dtype=np.float32)[paths.T.reshape(-1)]
 
   monkeypatch.setattr(GT, "classifier_logits", lambda t, images: {
-      "color": one_hot_logits(colour_path, 4), "position": one_hot_logits(position_path, 9)})
+      "color": one_hot_logits(colour_path, 4),
+      "position": one_hot_logits(position_path, 9, position_scale)})
   w = np.asarray(t.latents(gan.latents_from_seeds(range(4), t.z_dim), "w"))
   n = np.eye(w.shape[-1], dtype=np.float32)[0]
   r, _ = GT.measure_edits(t, n, w, np.array([-1.0, 0.0, 1.0]), "color", [2], space="w",
@@ -665,6 +669,25 @@ def test_measure_edits_counts_each_outcome_per_latent(style_run, monkeypatch):
   # strict reading: exact log-odds never falls and the class changes; latent 2's log-odds of
   # class 2 is flat (classes 0 and 1 give it the same logits) while its class changes 0 -> 1
   assert r["logodds_rises_and_changes"] == 0.75  # latents 0, 1, 2
+  # every position is definite (probability 0.9996), so judging only those changes nothing
+  assert r["position_confident_fraction"] == 1.0
+  assert r["position_stays_given_confident_fraction"] == r["position_stays_fraction"]
+  assert r["changes_and_position_stays_given_confident_fraction"] == 0.5
+  # an unsure position (probability e / (e + 8) = 0.25) has no class to keep: latent 1, the
+  # one whose position moves, is not judged; latents 0 and 2 of the other three change
+  position_scale = [10.0, 1.0, 10.0, 10.0]
+  r, _ = GT.measure_edits(t, n, w, np.array([-1.0, 0.0, 1.0]), "color", [2], space="w",
+                          conditions=("position",))
+  assert r["position_confident_fraction"] == 0.75
+  assert r["position_stays_given_confident_fraction"] == 1.0
+  assert r["changes_and_position_stays_given_confident_fraction"] == 2 / 3
+  assert r["position_stays_fraction"] == 0.75  # the all-latent reading is unchanged
+  position_scale = 1.0  # none definite: nothing to judge
+  r, _ = GT.measure_edits(t, n, w, np.array([-1.0, 0.0, 1.0]), "color", [2], space="w",
+                          conditions=("position",))
+  assert r["position_confident_fraction"] == 0.0
+  assert r["position_stays_given_confident_fraction"] is None
+  position_scale = 10.0
   # a latent whose class never changes is monotonic but does not count
   colour_path, position_path = [[2, 2, 2], [0, 1, 2]], [[4, 4, 4], [4, 4, 4]]
   r, _ = GT.measure_edits(t, n, w[:2], np.array([-1.0, 0.0, 1.0]), "color", [2], space="w",
@@ -803,6 +826,53 @@ def test_edit_of_another_labelled_seed_keeps_seed_zero_files(style_run):
   assert json.load(open(p1[:-4] + ".json"))["num_latents"] == 32
 
 
+def test_truncated_edit_protocol_samples_every_latent_truncated(style_run):
+  """`truncation_psi` < 1 (InterFaceGAN samples StyleGAN with psi = 0.7): the labelled
+  latents (plain and layer-wise) are w_avg + psi (w - w_avg) of the untruncated ones, an edit
+  of m sigma on them equals truncating the untruncated edit, and the outputs carry the psi."""
+  import json
+  import os
+  from experiments import gan_acceptance
+  from experiments import gan_tools as GT
+  t = GT.Trained.load(style_run)
+  w_avg = np.asarray(t.latents(np.zeros((1, t.z_dim), np.float32), "w", 0.0))[0]
+  for fit in (None, [1]):
+    lat, _ = GT.edit_labels(t, 16, space="w", fit_layers=fit)
+    half, logits = GT.edit_labels(t, 16, space="w", fit_layers=fit, psi=0.5)
+    np.testing.assert_allclose(half, w_avg + 0.5 * (lat - w_avg), rtol=1e-5, atol=1e-5)
+  # the plain set's labels are those of the truncated latents' own images
+  plain, plain_logits = GT.edit_labels(t, 16, space="w", psi=0.5)
+  np.testing.assert_allclose(plain_logits["color"], GT.classifier_logits(
+      t, t.images(plain, "w"))["color"], atol=1e-4)
+  lat = GT.edit_labels(t, 16, space="w")[0]
+  # m in std units of the sampled latents: the same edit as InterFaceGAN's order (edit the
+  # untruncated w by m sigma_untruncated, then truncate), since truncation is affine
+  n = np.random.default_rng(0).normal(size=lat.shape[1]).astype(np.float32)
+  n /= np.linalg.norm(n)
+  ms = np.linspace(-3, 3, 5)
+  lat_t = w_avg + 0.5 * (lat - w_avg)
+  sigma, sigma_t = gan.projection_std(lat, n), gan.projection_std(lat_t, n)
+  np.testing.assert_allclose(sigma_t, 0.5 * sigma, rtol=1e-4)
+  np.testing.assert_allclose(
+      gan.edit_latents(lat_t, n, ms * sigma_t),
+      gan.truncate(gan.edit_latents(lat, n, ms * sigma), w_avg, 0.5), rtol=1e-4, atol=1e-5)
+  path = GT.edit(t, "size", "large", space="w", num_latents=32, num_eval=2, seeds=[0],
+                 num_m=3, truncation_psi=0.5)
+  assert path.endswith("_psi0.5.png") and os.path.isfile(path)
+  assert json.load(open(path[:-4] + ".json"))["truncation_psi"] == 0.5
+  rows = gan_acceptance.run(style_run, num_latents=64, num_eval=4, num_select=4,
+                            match="[axes]", truncation_psi=0.5)
+  saved = json.load(open(os.path.join(style_run, "edits", "acceptance-axes-psi0.5.json")))
+  assert saved["truncation_psi"] == 0.5 and len(rows) == 2
+  assert all("_psi0.5" in r["grid"] for r in rows)
+  with pytest.raises(ValueError, match=r"truncation_psi must be in \[0, 1\]"):
+    GT.edit(t, "size", "large", space="w", truncation_psi=1.5)
+  with pytest.raises(ValueError, match="truncation_psi=0.7 needs the W space"):
+    GT.edit(t, "size", "large", space="z", truncation_psi=0.7)
+  with pytest.raises(ValueError, match=r"truncation_psi must be in \[0, 1\]"):
+    gan_acceptance.run(style_run, truncation_psi=-0.1)
+
+
 def test_acceptance_protocol_writes_every_row(style_run):
   import json
   import os
@@ -817,6 +887,12 @@ def test_acceptance_protocol_writes_every_row(style_run):
     # per latent: rises & flips and stays (so between the two bounds of an intersection)
     rf = r["monotonic_and_flips_tol_0.001"]
     assert rf + r["stays"] - 1 <= r["rises_flips_and_stays"] <= min(rf, r["stays"])
+    # judged only where the condition is definite: a subset, or nothing when none is
+    assert 0 <= r["condition_confident"] <= 1
+    if r["condition_confident"] == 0:
+      assert r["both_given_confident"] is None and r["stays_given_confident"] is None
+    else:
+      assert 0 <= r["both_given_confident"] <= r["stays_given_confident"] <= 1
     # a stricter tolerance can only count fewer latents
     assert (r["monotonic_and_flips_tol_0"] <= r["monotonic_and_flips_tol_0.001"]
             <= r["monotonic_and_flips_tol_0.01"])
