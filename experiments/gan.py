@@ -52,6 +52,9 @@ DEFAULT_OPTIONS = {
     "classifier_steps": 600,     # attribute / feature classifier training steps
 }
 CLASSIFIER_DIR = "attr_classifier"
+# the class probability above which a sample's attribute value counts as definite (the
+# confident-sample counts of `evaluate`; `gan_tools` uses it for arithmetic's groups and edits)
+CONFIDENT = 0.9
 
 
 def options(config: Config) -> dict:
@@ -332,7 +335,7 @@ def evaluate(workdir: str, *, num_samples: int | None = None, seed: int = 1) -> 
           clf, test["image"], {k: test[k] for k in heads}),
       "fid_samples_vs_test": fid_to_test(samples),
       "fid_floor_train_vs_test": fid_to_test(real),
-      "confident_fraction": {k: float(np.mean(p.max(-1) >= 0.9)) for k, p in probs.items()},
+      "confident_fraction": {k: float(np.mean(p.max(-1) >= CONFIDENT)) for k, p in probs.items()},
       "sample_histograms": {k: np.bincount(p.argmax(-1), minlength=p.shape[-1]).tolist()
                             for k, p in probs.items()},
   }

@@ -20,6 +20,7 @@ import optax
 from tqdm.auto import tqdm
 
 from experiments import common
+from experiments.gan import CONFIDENT
 from jaxgen import data as jdata
 from jaxgen import gan
 from jaxgen import metrics as M
@@ -204,11 +205,6 @@ def fit_direction(t: Trained, attribute: str, positive, negative=None, *, space:
   direction, info = gan.supervised_direction(lat, scores, fraction=fraction, method=method, l2=l2)
   return direction, dict(info, attribute=attribute, positive=pos, negative=neg, space=space,
                          sigma=gan.projection_std(lat_all, direction))
-
-
-# the class probability above which an attribute's value counts as definite (the threshold of
-# the confident-sample counts in `experiments.gan` evaluation and of arithmetic's groups)
-CONFIDENT = 0.9
 
 
 def measure_edits(t: Trained, direction, latents, magnitudes, attribute, positive,
@@ -544,7 +540,7 @@ def parse_expression(expr: str, attributes) -> list[tuple[float, dict]]:
 
 
 def arithmetic(t: Trained, expr: str, *, space: str = "z", num_latents: int = 5000,
-               confidence: float = 0.9, num_show: int = 8, seed: int = 0) -> str:
+               confidence: float = CONFIDENT, num_show: int = 8, seed: int = 0) -> str:
   """Group means of confidently classified samples, combined as the expression says; the
   result (and small perturbations of it) is drawn next to samples of each group."""
   terms = parse_expression(expr, t.attributes)
