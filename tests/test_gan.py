@@ -14,7 +14,7 @@ from jaxgen import gan
 from jaxgen.data import SHAPES_ATTRIBUTES
 from jaxgen.nn import (DCGANDiscriminator, DCGANGenerator, DirectionReconstructor,
                        StyleDiscriminator, StyleGANConfig, StyleGenerator)
-from jaxgen.nn.stylegan import ModulatedConv, mix_styles
+from jaxgen.nn.stylegan import ModulatedConv, broadcast_ws, mix_styles
 
 SG = StyleGANConfig(image_size=8, channels=3, z_dim=8, w_dim=8, mapping_layers=2,
                     channel_base=64, channel_max=8)
@@ -163,6 +163,34 @@ def test_truncation(style):
       gan.truncate(w, w_avg, psi)
     with pytest.raises(ValueError, match=r"truncation_psi must be in \[0, 1\]"):
       g.apply(variables, z, psi)
+
+
+def test_truncation_cutoff_truncates_the_first_layers_only(style):
+  """StyleGAN's truncation_cutoff: w_avg + psi (w - w_avg) on layers < cutoff, w after."""
+  g, variables, apply = style
+  L = SG.num_ws
+  z = jax.random.normal(jax.random.key(5), (2, SG.z_dim))
+  w = g.apply(variables, z, method="mapping")
+  w_avg = variables["buffers"]["w_avg"]
+  ws = gan.truncate(broadcast_ws(w, L), w_avg, 0.5, cutoff=2)
+  np.testing.assert_allclose(ws[:, :2], (w_avg[None] + 0.5 * (w - w_avg[None]))[:, None].repeat(2, 1),
+                             atol=1e-6)
+  np.testing.assert_array_equal(ws[:, 2:], broadcast_ws(w, L)[:, 2:])
+  np.testing.assert_array_equal(gan.truncate(broadcast_ws(w, L), w_avg, 0.5, cutoff=0),
+                                broadcast_ws(w, L))
+  run = jax.jit(lambda v, z, cutoff: g.apply(v, z, 0.5, truncation_cutoff=cutoff),
+                static_argnums=2)
+  synth = jax.jit(lambda v, ws: g.apply(v, ws, method="synthesis"))
+  np.testing.assert_allclose(run(variables, z, 2), synth(variables, ws), atol=1e-5)
+  np.testing.assert_allclose(run(variables, z, L), apply(variables, z, 0.5), atol=1e-5)
+  np.testing.assert_allclose(run(variables, z, 0), apply(variables, z, 1.0), atol=1e-5)
+  for bad, err in ((L + 1, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+    with pytest.raises(err, match="truncation_cutoff"):
+      g.apply(variables, z, 0.5, truncation_cutoff=bad)
+  with pytest.raises(ValueError, match=r"W\+ latents \[..., num_ws, w_dim\]"):
+    gan.truncate(w[0], w_avg, 0.5, cutoff=1)
+  with pytest.raises(ValueError, match=r"truncation_psi must be in \[0, 1\]"):
+    g.apply(variables, z, 1.5, truncation_cutoff=2)
 
 
 def test_w_avg_tracks_the_batch_mean(style):
@@ -999,7 +1027,6 @@ def test_path_lengths_equal_the_jacobian_formula(key):
 
 
 def test_broadcast_ws_repeats_w_per_layer():
-  from jaxgen.nn.stylegan import broadcast_ws
   w = np.arange(6, dtype=np.float32).reshape(2, 3)
   ws = broadcast_ws(w, 4)
   assert ws.shape == (2, 4, 3)

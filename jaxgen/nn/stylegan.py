@@ -16,8 +16,8 @@ Discriminator: StyleGAN2's residual discriminator with a minibatch-standard-devi
 
 Simplifications (documented): upsampling is bilinear (a [1, 3, 3, 1] filter, like
 StyleGAN2's FIR upsampling), downsampling is 2x2 average pooling, there is no conv clamping,
-no style mixing, and modulation scales activations rather than weights (the same arithmetic
-as StyleGAN2's ``fused_modconv=False`` path).
+style mixing is drawn per sample (``style_mixing_prob``), and modulation scales activations
+rather than weights (the same arithmetic as StyleGAN2's ``fused_modconv=False`` path).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["StyleGANConfig", "broadcast_ws", "mix_styles", "StyleGenerator", "StyleDiscriminator",
-           "EqualDense", "EqualConv", "check_truncation_psi"]
+           "EqualDense", "EqualConv", "check_truncation_psi", "truncate_ws"]
 
 _SQRT2 = math.sqrt(2.0)
 NOISE_MODES = ("const", "random", "none")
@@ -54,6 +54,41 @@ def check_truncation_psi(psi) -> None:
   if not np.all((values >= 0) & (values <= 1)):
     raise ValueError(f"truncation_psi must be in [0, 1] (1 = no truncation, 0 = the mean w), "
                      f"got {psi!r}.")
+
+
+def _check_cutoff(cutoff, num_ws: int) -> int:
+  if isinstance(cutoff, (bool, np.bool_)) or not isinstance(cutoff, numbers.Integral):
+    raise TypeError(f"truncation_cutoff must be None or an int number of layers, got {cutoff!r}.")
+  if not 0 <= cutoff <= num_ws:
+    raise ValueError(f"truncation_cutoff must be in [0, {num_ws}] (the generator's layers), "
+                     f"got {cutoff}.")
+  return int(cutoff)
+
+
+def truncate_ws(ws, w_avg, psi, cutoff: int | None = None):
+  """Truncation of W+ latents, ``w_avg + psi (w - w_avg)`` on the first ``cutoff`` layers.
+
+  StyleGAN's ``truncation_cutoff`` (Karras et al. 2019, appendix B: the truncation applied
+  to the coarse layers only; InterFaceGAN's StyleGAN settings truncate the first 8 of 18).
+  cutoff None truncates every layer (StyleGAN2's default).
+
+  Args:
+    ws: [..., num_ws, w_dim].
+    w_avg: [w_dim] the tracked mean w.
+    psi: in [0, 1]; a concrete value outside raises ValueError.
+    cutoff: None or an int in [0, num_ws].
+  """
+  check_truncation_psi(psi)
+  ws = jnp.asarray(ws)
+  if ws.ndim < 2:
+    raise ValueError(f"truncate_ws expects W+ latents [..., num_ws, w_dim], got shape {ws.shape}.")
+  w_avg = jnp.broadcast_to(w_avg, ws.shape)
+  truncated = w_avg + psi * (ws - w_avg)
+  if cutoff is None:
+    return truncated
+  cutoff = _check_cutoff(cutoff, ws.shape[-2])
+  layer = jnp.arange(ws.shape[-2])[:, None]
+  return jnp.where(layer < cutoff, truncated, ws)
 
 
 def broadcast_ws(w, num_ws: int):
@@ -360,7 +395,9 @@ class StyleGenerator(nn.Module):
   """z -> w -> image. Variables: 'params' and 'buffers' (w_avg, constant noise maps).
 
   Methods (use with ``model.apply(variables, ..., method=...)``):
-    ``__call__(z, truncation_psi=1., noise_mode='const', train=False)`` -> [B, S, S, C];
+    ``__call__(z, truncation_psi=1., noise_mode='const', train=False,
+    truncation_cutoff=None)`` -> [B, S, S, C] (cutoff: truncate the first that many layers
+    only, `truncate_ws`; None: every layer);
     ``mapping(z, truncation_psi=1., train=False)`` -> w [B, w_dim];
     ``synthesis(ws, noise=None, noise_mode='const')`` -> [B, S, S, C].
   With ``train=True`` the mapping updates ``w_avg`` (apply with ``mutable=['buffers']``), the
@@ -397,14 +434,22 @@ class StyleGenerator(nn.Module):
     return self.synthesis_net(ws, noise, noise_mode)
 
   def __call__(self, z, truncation_psi=1.0, noise_mode: str | None = None,
-               train: bool = False):
-    w = self.mapping(z, truncation_psi, train)
+               train: bool = False, truncation_cutoff: int | None = None):
     c = self.config
+    if truncation_cutoff is not None:
+      _check_cutoff(truncation_cutoff, c.num_ws)
+      check_truncation_psi(truncation_psi)
+    # With a cutoff, the layers' w are built untruncated and truncated per layer afterwards
+    # (the same values as truncating before mixing: truncation is affine and per layer).
+    map_psi = truncation_psi if truncation_cutoff is None else 1.0
+    w = self.mapping(z, map_psi, train)
     ws = broadcast_ws(w, c.num_ws)
     if train and c.style_mixing_prob > 0 and not self.is_initializing():
       z_key, mix_key = jax.random.split(self.make_rng("noise"))
-      w2 = self.mapping(jax.random.normal(z_key, z.shape, z.dtype), truncation_psi)
+      w2 = self.mapping(jax.random.normal(z_key, z.shape, z.dtype), map_psi)
       ws = mix_styles(w, w2, mix_key, c.num_ws, c.style_mixing_prob)
+    if truncation_cutoff is not None:
+      ws = truncate_ws(ws, self.w_avg.value, truncation_psi, truncation_cutoff)
     mode = noise_mode or ("random" if train else "const")
     return self.synthesis(ws, None, mode)
 
