@@ -59,6 +59,8 @@ import re
 import sys
 import time
 
+from tqdm.auto import tqdm
+
 from experiments import gan_tools
 
 # (label, attribute, positive, negative, condition, layers[, fit[, mode]]): layers None edits
@@ -130,7 +132,8 @@ def run(workdir: str, *, num_latents: int = 20000, num_eval: int = 400, space: s
   # relabel the same one).
   labelled = {}
   rows = []
-  for entry in entries:
+  for entry in tqdm(entries, desc="acceptance directions", unit="direction",
+                    disable=len(entries) < 2):
     label, attribute, positive, negative, condition, group, fit, mode = _unpack(entry)
     start = time.perf_counter()
     layers = layer_group(t.generator.config.num_ws, group) if space == "w" else None
