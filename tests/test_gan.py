@@ -173,8 +173,8 @@ def test_truncation_cutoff_truncates_the_first_layers_only(style):
   w = g.apply(variables, z, method="mapping")
   w_avg = variables["buffers"]["w_avg"]
   ws = gan.truncate(broadcast_ws(w, L), w_avg, 0.5, cutoff=2)
-  np.testing.assert_allclose(ws[:, :2], (w_avg[None] + 0.5 * (w - w_avg[None]))[:, None].repeat(2, 1),
-                             atol=1e-6)
+  expect = w_avg[None] + 0.5 * (w - w_avg[None])  # [B, w_dim]
+  np.testing.assert_allclose(ws[:, :2], np.repeat(np.asarray(expect)[:, None], 2, 1), atol=1e-6)
   np.testing.assert_array_equal(ws[:, 2:], broadcast_ws(w, L)[:, 2:])
   np.testing.assert_array_equal(gan.truncate(broadcast_ws(w, L), w_avg, 0.5, cutoff=0),
                                 broadcast_ws(w, L))
