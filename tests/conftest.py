@@ -61,6 +61,7 @@ def sigterm_resume(monkeypatch, tmp_path):
   resumes that run to the end; asserts the resumed state equals the straight one bit for bit.
   Returns (straight, resumed) summaries."""
   import signal
+  import threading
 
   import numpy as np
 
@@ -73,7 +74,10 @@ def sigterm_resume(monkeypatch, tmp_path):
     class SigtermLoader(jdata.Loader):
       def __next__(self):
         if next(calls) == 3:
-          os.kill(os.getpid(), signal.SIGTERM)
+          # To the main thread, where the loop's handler runs. os.kill(getpid) lets the kernel
+          # pick any thread; once (session 15, under load) the worker then aborted from a
+          # native thread (probably the one the signal interrupted; not proven).
+          signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
         return super().__next__()
 
     monkeypatch.setattr(jdata, "Loader", SigtermLoader)
