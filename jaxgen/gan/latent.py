@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.nn.stylegan import check_truncation_psi, truncate_ws
+from jaxgen.nn.stylegan import truncate  # re-exported as gan.truncate (the model uses it too)
 
 __all__ = ["latents_from_seeds", "parse_seeds", "lerp", "slerp", "interpolate", "truncate",
            "group_mask", "group_mean", "latent_arithmetic"]
@@ -117,23 +117,6 @@ def interpolate(a, b, num: int, method: str = "slerp"):
     raise ValueError(f"interpolate needs num >= 2 points, got {num}.")
   fn = lerp if method == "lerp" else slerp
   return jax.vmap(lambda t: fn(a, b, t))(jnp.linspace(0.0, 1.0, num))
-
-
-def truncate(w, w_avg, psi, cutoff: int | None = None):
-  """The truncation trick in W: w' = w_avg + psi (w - w_avg) (Karras et al. 2019).
-
-  Args:
-    w: [..., w_dim], or W+ latents [..., num_ws, w_dim] when ``cutoff`` is given.
-    w_avg: [w_dim] the tracked mean w.
-    psi: in [0, 1] (1: unchanged, 0: the mean); a concrete value outside raises ValueError.
-    cutoff: None truncates every entry; an int truncates only the first ``cutoff`` layers
-      of W+ latents (StyleGAN's ``truncation_cutoff``, `jaxgen.nn.stylegan.truncate_ws`).
-  """
-  if cutoff is not None:
-    return truncate_ws(w, w_avg, psi, cutoff)
-  check_truncation_psi(psi)
-  w_avg = jnp.broadcast_to(w_avg, jnp.shape(w))
-  return w_avg + psi * (w - w_avg)
 
 
 def group_mask(labels: Mapping[str, np.ndarray], query: Mapping[str, int]) -> np.ndarray:

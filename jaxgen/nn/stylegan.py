@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["StyleGANConfig", "broadcast_ws", "mix_styles", "StyleGenerator", "StyleDiscriminator",
-           "EqualDense", "EqualConv", "check_truncation_psi", "truncate_ws"]
+           "EqualDense", "EqualConv", "check_truncation_psi", "truncate"]
 
 _SQRT2 = math.sqrt(2.0)
 NOISE_MODES = ("const", "random", "none")
@@ -65,30 +65,30 @@ def _check_cutoff(cutoff, num_ws: int) -> int:
   return int(cutoff)
 
 
-def truncate_ws(ws, w_avg, psi, cutoff: int | None = None):
-  """Truncation of W+ latents, ``w_avg + psi (w - w_avg)`` on the first ``cutoff`` layers.
-
-  StyleGAN's ``truncation_cutoff`` (Karras et al. 2019, appendix B: the truncation applied
-  to the coarse layers only; InterFaceGAN's StyleGAN settings truncate the first 8 of 18).
-  cutoff None truncates every layer (StyleGAN2's default).
+def truncate(w, w_avg, psi, cutoff: int | None = None):
+  """The truncation trick in W: w' = w_avg + psi (w - w_avg) (Karras et al. 2019, sec. 3 and
+  appendix B). Also `jaxgen.gan.truncate`.
 
   Args:
-    ws: [..., num_ws, w_dim].
+    w: [..., w_dim], or W+ latents [..., num_ws, w_dim] when ``cutoff`` is given.
     w_avg: [w_dim] the tracked mean w.
-    psi: in [0, 1]; a concrete value outside raises ValueError.
-    cutoff: None or an int in [0, num_ws].
+    psi: in [0, 1] (1: unchanged, 0: the mean); a concrete value outside raises ValueError.
+    cutoff: None truncates every entry; an int in [0, num_ws] truncates only the first
+      ``cutoff`` layers of W+ latents (StyleGAN's ``truncation_cutoff``: the coarse layers
+      only; InterFaceGAN's StyleGAN settings truncate the first 8 of 18).
   """
   check_truncation_psi(psi)
-  ws = jnp.asarray(ws)
-  if ws.ndim < 2:
-    raise ValueError(f"truncate_ws expects W+ latents [..., num_ws, w_dim], got shape {ws.shape}.")
-  w_avg = jnp.broadcast_to(w_avg, ws.shape)
-  truncated = w_avg + psi * (ws - w_avg)
+  w = jnp.asarray(w)
+  if cutoff is not None and w.ndim < 2:
+    raise ValueError(f"truncation with a cutoff expects W+ latents [..., num_ws, w_dim], got "
+                     f"shape {w.shape}.")
+  w_avg = jnp.broadcast_to(w_avg, w.shape)
+  truncated = w_avg + psi * (w - w_avg)
   if cutoff is None:
     return truncated
-  cutoff = _check_cutoff(cutoff, ws.shape[-2])
-  layer = jnp.arange(ws.shape[-2])[:, None]
-  return jnp.where(layer < cutoff, truncated, ws)
+  cutoff = _check_cutoff(cutoff, w.shape[-2])
+  layer = jnp.arange(w.shape[-2])[:, None]
+  return jnp.where(layer < cutoff, truncated, w)
 
 
 def broadcast_ws(w, num_ws: int):
@@ -397,7 +397,7 @@ class StyleGenerator(nn.Module):
   Methods (use with ``model.apply(variables, ..., method=...)``):
     ``__call__(z, truncation_psi=1., noise_mode='const', train=False,
     truncation_cutoff=None)`` -> [B, S, S, C] (cutoff: truncate the first that many layers
-    only, `truncate_ws`; None: every layer);
+    only, `truncate`; None: every layer);
     ``mapping(z, truncation_psi=1., train=False)`` -> w [B, w_dim];
     ``synthesis(ws, noise=None, noise_mode='const')`` -> [B, S, S, C].
   With ``train=True`` the mapping updates ``w_avg`` (apply with ``mutable=['buffers']``), the
@@ -427,8 +427,7 @@ class StyleGenerator(nn.Module):
       self.w_avg.value = batch_mean + c.w_avg_beta * (self.w_avg.value - batch_mean)
     if isinstance(truncation_psi, numbers.Number) and truncation_psi == 1:
       return w
-    w_avg = self.w_avg.value[None]
-    return w_avg + truncation_psi * (w - w_avg)
+    return truncate(w, self.w_avg.value, truncation_psi)
 
   def synthesis(self, ws, noise=None, noise_mode: str = "const"):
     return self.synthesis_net(ws, noise, noise_mode)
@@ -436,9 +435,6 @@ class StyleGenerator(nn.Module):
   def __call__(self, z, truncation_psi=1.0, noise_mode: str | None = None,
                train: bool = False, truncation_cutoff: int | None = None):
     c = self.config
-    if truncation_cutoff is not None:
-      _check_cutoff(truncation_cutoff, c.num_ws)
-      check_truncation_psi(truncation_psi)
     # With a cutoff, the layers' w are built untruncated and truncated per layer afterwards
     # (the same values as truncating before mixing: truncation is affine and per layer).
     map_psi = truncation_psi if truncation_cutoff is None else 1.0
@@ -449,7 +445,7 @@ class StyleGenerator(nn.Module):
       w2 = self.mapping(jax.random.normal(z_key, z.shape, z.dtype), map_psi)
       ws = mix_styles(w, w2, mix_key, c.num_ws, c.style_mixing_prob)
     if truncation_cutoff is not None:
-      ws = truncate_ws(ws, self.w_avg.value, truncation_psi, truncation_cutoff)
+      ws = truncate(ws, self.w_avg.value, truncation_psi, truncation_cutoff)
     mode = noise_mode or ("random" if train else "const")
     return self.synthesis(ws, None, mode)
 
