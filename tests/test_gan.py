@@ -14,7 +14,7 @@ from jaxgen import gan
 from jaxgen.data import SHAPES_ATTRIBUTES
 from jaxgen.nn import (DCGANDiscriminator, DCGANGenerator, DirectionReconstructor,
                        StyleDiscriminator, StyleGANConfig, StyleGenerator)
-from jaxgen.nn.stylegan import ModulatedConv, broadcast_ws, mix_styles
+from jaxgen.nn.stylegan import ModulatedConv, broadcast_ws, expand_ws, mix_styles
 
 SG = StyleGANConfig(image_size=8, channels=3, z_dim=8, w_dim=8, mapping_layers=2,
                     channel_base=64, channel_max=8)
@@ -281,6 +281,36 @@ def test_style_discriminator_and_wplus(style, key):
   with pytest.raises(ValueError, match="z \\[B, 8\\]"):
     g.apply(variables, jnp.zeros((2, 5)))
 
+
+
+def test_per_layer_styles_separate_the_torgb_styles(style, key):
+  g, variables, _ = style
+  assert [name for name, _ in SG.style_layers] == [
+      "b4_conv1", "b4_torgb", "b8_conv0", "b8_conv1", "b8_torgb"]
+  assert [i for _, i in SG.style_layers] == [0, 1, 1, 2, 3]  # b4_torgb shares b8_conv0's w
+  assert (SG.num_ws, SG.num_styles, SG.rgb_styles) == (4, 5, (1, 4))
+  synth = jax.jit(lambda v, ws: g.apply(v, ws, method="synthesis"))
+  ws = jax.random.normal(key, (3, SG.num_ws, SG.w_dim))
+  np.testing.assert_array_equal(synth(variables, expand_ws(ws, SG)), synth(variables, ws))
+  # Moving only the toRGB styles leaves every feature map as it is, so the image is affine
+  # in the edit's magnitude (ToRGB: a 1x1 conv of the features scaled by s = A(w), no
+  # demodulation); the same edit on the conv that shares b4_torgb's w in W+ is not.
+  n = jax.random.normal(jax.random.fold_in(key, 1), (SG.w_dim,))
+  ms = jnp.array([-2.0, -1.0, 0.0, 1.0, 3.0])
+  rgb = gan.layer_mask(SG.num_styles, SG.rgb_styles)
+  per_layer = gan.edit_latents(expand_ws(ws, SG), n, ms, rgb)  # [M, B, num_styles, D]
+  imgs = jnp.stack([synth(variables, x) for x in per_layer])
+  step = imgs[3] - imgs[2]
+  for k, m in enumerate(ms):
+    np.testing.assert_allclose(imgs[k], imgs[2] + m * step, atol=2e-4)
+  assert float(jnp.abs(step).max()) > 1e-2
+  wplus = gan.edit_latents(ws, n, ms, gan.layer_mask(SG.num_ws, [1, 3]))  # W+ layers 1, 3
+  imgs_w = jnp.stack([synth(variables, x) for x in wplus])
+  assert float(jnp.abs(imgs_w[4] - imgs_w[2] - 3 * (imgs_w[3] - imgs_w[2])).max()) > 1e-2
+  with pytest.raises(ValueError, match=r"\[B, 4, 8\] \(W\+\) or \[B, 5, 8\]"):
+    synth(variables, jnp.zeros((3, 6, SG.w_dim)))
+  with pytest.raises(ValueError, match=r"expand_ws expects W\+ latents \[..., 4, 8\]"):
+    expand_ws(jnp.zeros((3, 5, SG.w_dim)), SG)
 
 # --- latent tools ---------------------------------------------------------------------
 

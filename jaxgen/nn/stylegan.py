@@ -10,7 +10,10 @@ al. 2020, "Analyzing and Improving the Image Quality of StyleGAN"):
     convolutions (StyleGAN2 eq. 1-3), per-layer noise inputs with learned strengths, and a
     "skip" RGB output summed over resolutions.
   The synthesis takes one w per layer: ``ws`` [B, num_ws, w_dim] (``W+``); feeding the same w
-  to every layer is the ordinary ``W`` space.
+  to every layer is the ordinary ``W`` space. It also takes one w per modulated layer,
+  [B, num_styles, w_dim] (`StyleGANConfig.style_layers`, `expand_ws`), where the toRGB
+  styles are apart from the convs that share their w in W+ (StyleSpace's granularity, Wu et
+  al. 2021): an edit of the toRGB entries alone changes the image affinely.
 
 Discriminator: StyleGAN2's residual discriminator with a minibatch-standard-deviation layer.
 
@@ -31,8 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["StyleGANConfig", "broadcast_ws", "mix_styles", "StyleGenerator", "StyleDiscriminator",
-           "EqualDense", "EqualConv", "check_truncation_psi", "truncate"]
+__all__ = ["StyleGANConfig", "broadcast_ws", "expand_ws", "mix_styles", "StyleGenerator",
+           "StyleDiscriminator", "EqualDense", "EqualConv", "check_truncation_psi", "truncate"]
 
 _SQRT2 = math.sqrt(2.0)
 NOISE_MODES = ("const", "random", "none")
@@ -95,6 +98,18 @@ def broadcast_ws(w, num_ws: int):
   """w [..., w_dim] -> ws [..., num_ws, w_dim]: the same w for every synthesis layer (W)."""
   w = jnp.asarray(w)
   return jnp.broadcast_to(w[..., None, :], w.shape[:-1] + (num_ws, w.shape[-1]))
+
+
+def expand_ws(ws, config: "StyleGANConfig"):
+  """W+ latents [..., num_ws, w_dim] -> the per-layer layout [..., num_styles, w_dim]
+  (`StyleGANConfig.style_layers`): each toRGB gets a copy of the w it reads. The synthesis
+  gives the same image for both; editing entries of the per-layer layout can move a toRGB
+  style without the conv that shares its w."""
+  ws = jnp.asarray(ws)
+  if ws.ndim < 2 or ws.shape[-2:] != (config.num_ws, config.w_dim):
+    raise ValueError(f"expand_ws expects W+ latents [..., {config.num_ws}, {config.w_dim}], "
+                     f"got {ws.shape}.")
+  return ws[..., [i for _, i in config.style_layers], :]
 
 
 def mix_styles(w1, w2, key, num_ws: int, prob: float):
@@ -199,6 +214,34 @@ class StyleGANConfig:
   def num_ws(self) -> int:
     """Number of w vectors the synthesis consumes (conv layers + the last toRGB)."""
     return 2 * len(self.resolutions)
+
+  @property
+  def style_layers(self) -> tuple[tuple[str, int], ...]:
+    """Every modulated layer in network order, as (name, W+ index of the w it reads).
+
+    Each conv and each toRGB computes its own style s = A(w) (StyleGAN2 sec. 2.2). W+ has
+    one w per conv plus the last toRGB; every other toRGB reads the w of the next block's
+    first conv (as in StyleGAN2). Feeding the synthesis one w per entry of this list instead
+    (``num_styles`` of them, `expand_ws`) separates those toRGB styles: the granularity of
+    StyleSpace (Wu et al. 2021, "StyleSpace Analysis", sec. 3: a style per layer, the toRGB
+    ones included)."""
+    out = [("b4_conv1", 0), ("b4_torgb", 1)]
+    layer = 1
+    for res in self.resolutions[1:]:
+      out += [(f"b{res}_conv0", layer), (f"b{res}_conv1", layer + 1),
+              (f"b{res}_torgb", layer + 2)]
+      layer += 2
+    return tuple(out)
+
+  @property
+  def num_styles(self) -> int:
+    """Number of modulated layers (convs and toRGBs): the per-layer latent layout."""
+    return 3 * len(self.resolutions) - 1
+
+  @property
+  def rgb_styles(self) -> tuple[int, ...]:
+    """Indices of the toRGB layers in the per-layer layout (`style_layers`)."""
+    return tuple(i for i, (name, _) in enumerate(self.style_layers) if name.endswith("torgb"))
 
   @property
   def noise_shapes(self) -> tuple[tuple[int, int], ...]:
@@ -343,7 +386,9 @@ class SynthesisNetwork(nn.Module):
     """ws [B, num_ws, w_dim] -> images [B, S, S, C] (unbounded; ~[-1, 1] after training).
 
     Args:
-      ws: one w per layer.
+      ws: one w per W+ layer [B, num_ws, w_dim], or one per modulated layer
+        [B, num_styles, w_dim] (`StyleGANConfig.style_layers`, `expand_ws`: the toRGB
+        styles apart from the convs that share their w in W+).
       noise: optional sequence of per-layer noise maps, shapes `config.noise_shapes` as
         [B or 1, H, W, 1] (or [H, W]); overrides `noise_mode`.
       noise_mode: 'const' (fixed buffers drawn at init), 'random' (rng 'noise') or 'none'.
@@ -351,8 +396,13 @@ class SynthesisNetwork(nn.Module):
     c = self.config
     if noise_mode not in NOISE_MODES:
       raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}.")
-    if ws.ndim != 3 or ws.shape[1:] != (c.num_ws, c.w_dim):
-      raise ValueError(f"synthesis expects ws [B, {c.num_ws}, {c.w_dim}], got {ws.shape}.")
+    if ws.ndim != 3 or ws.shape[1:] not in ((c.num_ws, c.w_dim), (c.num_styles, c.w_dim)):
+      raise ValueError(f"synthesis expects ws [B, {c.num_ws}, {c.w_dim}] (W+) or "
+                       f"[B, {c.num_styles}, {c.w_dim}] (one per modulated layer), got "
+                       f"{ws.shape}.")
+    if ws.shape[1] == c.num_ws:
+      ws = expand_ws(ws, c)
+    # style_layers order: b4_conv1, b4_torgb, then conv0, conv1, torgb per resolution
     if noise is not None and len(noise) != len(c.noise_shapes):
       raise ValueError(f"synthesis expects {len(c.noise_shapes)} noise maps of shapes "
                        f"{c.noise_shapes}, got {len(noise)}.")
@@ -378,16 +428,16 @@ class SynthesisNetwork(nn.Module):
     inorm = c.normalizes_layer
     x = ModulatedConv(f4, instance_norm=inorm(0), name="b4_conv1")(x, ws[:, 0], layer_noise(0))
     img = ToRGB(c.channels, instance_norm=inorm(1), name="b4_torgb")(x, ws[:, 1])
-    layer = 1
+    layer, s = 1, 2  # W+ index (instance_norm, noise) and per-layer style index
     for res in c.resolutions[1:]:
       f = c.features(res)
       x = ModulatedConv(f, up=True, instance_norm=inorm(layer), name=f"b{res}_conv0")(
-          x, ws[:, layer], layer_noise(layer))
+          x, ws[:, s], layer_noise(layer))
       x = ModulatedConv(f, instance_norm=inorm(layer + 1), name=f"b{res}_conv1")(
-          x, ws[:, layer + 1], layer_noise(layer + 1))
+          x, ws[:, s + 1], layer_noise(layer + 1))
       img = _upsample2x(img) + ToRGB(c.channels, instance_norm=inorm(layer + 2),
-                                     name=f"b{res}_torgb")(x, ws[:, layer + 2])
-      layer += 2
+                                     name=f"b{res}_torgb")(x, ws[:, s + 2])
+      layer, s = layer + 2, s + 3
     return img
 
 
