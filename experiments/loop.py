@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from typing import Callable, Sequence
 
@@ -29,25 +30,52 @@ def all_finite(tree) -> bool:
       lambda a, b: a & b, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree))))
 
 
+def sigterm_blocked() -> bool:
+  """Whether SIGTERM is blocked in the calling thread (`experiments.main.block_sigterm`)."""
+  return (hasattr(signal, "pthread_sigmask")
+          and signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+
 class Terminate:
-  """SIGTERM handler: asks the loop to save and stop at the next step boundary."""
+  """SIGTERM -> ``requested``: the loop saves and stops at the next step boundary.
+
+  In the main thread a Python signal handler is installed for the duration (elsewhere the loop
+  runs without one). If SIGTERM is also blocked there (the runner's ``train`` blocks it before
+  jax starts any thread, `experiments.main.block_sigterm`), a watcher thread takes it with
+  ``signal.sigtimedwait`` and SIGTERM is unblocked on exit, so outside the loop it ends the
+  process as usual (one that arrived before the loop is taken at its first step)."""
 
   def __init__(self):
     self.requested, self._old = False, None
+    self._watcher, self._stop = None, threading.Event()
 
   def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler, the loop still works
-      self._old = None
+    if threading.current_thread() is not threading.main_thread():
+      return self  # neither a handler nor the process's signal mask belongs to this thread
+    # The handler also serves threads that existed before SIGTERM was blocked.
+    self._old = signal.signal(signal.SIGTERM, self._handle)
+    if sigterm_blocked():
+      self._watcher = threading.Thread(target=self._watch, name="sigterm-watcher", daemon=True)
+      self._watcher.start()
     return self
+
+  def _watch(self):
+    while not self._stop.is_set():
+      if signal.sigtimedwait({signal.SIGTERM}, 0.2) is not None:
+        self.requested = True
+        return
 
   def _handle(self, *_):
     self.requested = True
 
   def __exit__(self, *exc):
+    if self._watcher is not None:
+      self._stop.set()
+      self._watcher.join()
     if self._old is not None:
       signal.signal(signal.SIGTERM, self._old)
+    if self._watcher is not None:
+      signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 class MetricsLog:

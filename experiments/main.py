@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 
 
@@ -43,8 +44,29 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
+def block_sigterm():
+  """Blocks SIGTERM in the calling thread. Called before jax starts any thread, every thread
+  started afterwards (XLA's pools, checkpoint and TensorBoard writers) inherits the block, so
+  a process-directed SIGTERM (a preemption notice) is never delivered into one of them in the
+  middle of its work; the training loop takes it in a thread of its own
+  (`experiments.loop.Terminate`), saves a checkpoint and stops. Returns the previous mask
+  (None where signal masks do not exist), for `main` to restore."""
+  if hasattr(signal, "pthread_sigmask"):
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+  return None
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
+  old_mask = block_sigterm() if args.command == "train" else None  # first: no jax thread yet
+  try:
+    return _run(args)
+  finally:  # main() called in-process (tests, notebooks) leaves the mask as it found it
+    if old_mask is not None:
+      signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _run(args) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   for name in ("absl", "jax._src.xla_bridge"):
     logging.getLogger(name).setLevel(logging.WARNING)

@@ -3,6 +3,11 @@ handling, corrupt-checkpoint fallback and clear errors for bad input."""
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import jax
 import numpy as np
@@ -85,6 +90,60 @@ def test_resume_after_sigterm_is_exact(sigterm_resume):
   config = smoke_config(**{"train.checkpoint_every": 100, "sample.num": 0})
   sigterm_resume(train_mod.train, config, num_steps=6)
 
+
+def test_blocked_sigterm_goes_to_the_loop_and_is_unblocked_after(tmp_path):
+  """`main.block_sigterm` + `loop.Terminate`, in a process of their own: a process-directed
+  SIGTERM sent before the loop stays pending in every thread (one started after the block
+  stands for XLA's pools) and is taken by the loop; after the loop SIGTERM kills as usual."""
+  script = tmp_path / "sig.py"
+  script.write_text(textwrap.dedent("""
+      import os, signal, threading, time
+      from experiments.main import block_sigterm
+      block_sigterm()  # as the runner does, before numpy / jax start threads
+      from experiments.loop import Terminate, sigterm_blocked
+      worker = threading.Thread(target=time.sleep, args=(2,), daemon=True)
+      worker.start()
+      os.kill(os.getpid(), signal.SIGTERM)  # the kernel may pick any thread that takes it
+      print("blocked", sigterm_blocked(), flush=True)
+      with Terminate() as term:
+        deadline = time.time() + 10
+        while not term.requested and time.time() < deadline:
+          time.sleep(0.01)
+        print("requested", term.requested, flush=True)
+      print("blocked", sigterm_blocked(), flush=True)
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(10)
+      print("survived", flush=True)
+      """))
+  out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert out.stdout.split("\n")[:3] == ["blocked True", "requested True", "blocked False"], (
+      out.stdout, out.stderr)
+  assert out.returncode == -signal.SIGTERM and "survived" not in out.stdout
+
+
+def test_cli_train_saves_and_stops_on_a_process_directed_sigterm(tmp_path):
+  """The runner as a preemption meets it: `kill PID` (any thread may be picked) while the
+  loop runs -> a checkpoint at the step reached, exit 0, "terminated" in the summary."""
+  workdir = tmp_path / "w"
+  cmd = [sys.executable, "-m", "experiments.main", "train", "--config", SMOKE, "--workdir",
+         str(workdir), "--set", "train.num_steps=100000", "--set", "train.log_every=1",
+         "--set", "train.checkpoint_every=100000", "--set", "sample.num=0"]
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 300
+  while proc.poll() is None and time.time() < deadline and not (
+      metrics.exists() and metrics.read_text().count("\n") >= 2):
+    time.sleep(0.2)
+  assert proc.poll() is None, proc.communicate()
+  proc.send_signal(signal.SIGTERM)
+  stdout, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 0, stderr[-3000:]
+  summary = json.loads(stdout.strip().splitlines()[-1])
+  assert summary["terminated"] and summary["step"] >= 2
+  assert os.listdir(workdir / "checkpoints") == [str(summary["step"])]
+  assert "SIGTERM: saved a checkpoint" in stderr
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(trained, tmp_path):
   workdir = str(tmp_path / "nan")
