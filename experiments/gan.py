@@ -31,7 +31,7 @@ from jaxgen import metrics as M
 from jaxgen import parallel
 from jaxgen.nn import StyleDiscriminator, StyleGenerator
 from jaxgen.nn.gan import dcgan_from_dict
-from jaxgen.nn.stylegan import stylegan_config_from_dict
+from jaxgen.nn.stylegan import check_truncation_psi, stylegan_config_from_dict
 from jaxgen.training import restore_arrays, save
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def make_generate_fn(generator):
 
   def generate(variables, z, truncation_psi=1.0, batch_size: int = 256):
     if style:
-      gan.truncate(jnp.zeros(1), jnp.zeros(1), truncation_psi)  # validates psi early
+      check_truncation_psi(truncation_psi)  # before any work
     elif truncation_psi != 1.0:
       raise ValueError("truncation needs a style-based generator (a mapped w); the DCGAN "
                        "samples z directly: use truncation_psi=1.")
