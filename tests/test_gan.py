@@ -282,7 +282,6 @@ def test_style_discriminator_and_wplus(style, key):
     g.apply(variables, jnp.zeros((2, 5)))
 
 
-
 def test_per_layer_styles_separate_the_torgb_styles(style, key):
   g, variables, _ = style
   assert [name for name, _ in SG.style_layers] == [
@@ -311,6 +310,7 @@ def test_per_layer_styles_separate_the_torgb_styles(style, key):
     synth(variables, jnp.zeros((3, 6, SG.w_dim)))
   with pytest.raises(ValueError, match=r"expand_ws expects W\+ latents \[..., 4, 8\]"):
     expand_ws(jnp.zeros((3, 5, SG.w_dim)), SG)
+
 
 # --- latent tools ---------------------------------------------------------------------
 

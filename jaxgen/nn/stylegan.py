@@ -236,7 +236,7 @@ class StyleGANConfig:
   @property
   def num_styles(self) -> int:
     """Number of modulated layers (convs and toRGBs): the per-layer latent layout."""
-    return 3 * len(self.resolutions) - 1
+    return len(self.style_layers)
 
   @property
   def rgb_styles(self) -> tuple[int, ...]:
