@@ -402,12 +402,10 @@ class SynthesisNetwork(nn.Module):
                        f"{ws.shape}.")
     if ws.shape[1] == c.num_ws:
       ws = expand_ws(ws, c)
-    # style_layers order: b4_conv1, b4_torgb, then conv0, conv1, torgb per resolution
     if noise is not None and len(noise) != len(c.noise_shapes):
       raise ValueError(f"synthesis expects {len(c.noise_shapes)} noise maps of shapes "
                        f"{c.noise_shapes}, got {len(noise)}.")
     b = ws.shape[0]
-    layer = 0
 
     def layer_noise(i):
       hw = c.noise_shapes[i]
@@ -425,19 +423,18 @@ class SynthesisNetwork(nn.Module):
     f4 = c.features(4)
     const = self.param("const", nn.initializers.normal(1.0), (4, 4, f4))
     x = jnp.broadcast_to(const[None], (b, 4, 4, f4))
-    inorm = c.normalizes_layer
-    x = ModulatedConv(f4, instance_norm=inorm(0), name="b4_conv1")(x, ws[:, 0], layer_noise(0))
-    img = ToRGB(c.channels, instance_norm=inorm(1), name="b4_torgb")(x, ws[:, 1])
-    layer, s = 1, 2  # W+ index (instance_norm, noise) and per-layer style index
-    for res in c.resolutions[1:]:
-      f = c.features(res)
-      x = ModulatedConv(f, up=True, instance_norm=inorm(layer), name=f"b{res}_conv0")(
-          x, ws[:, s], layer_noise(layer))
-      x = ModulatedConv(f, instance_norm=inorm(layer + 1), name=f"b{res}_conv1")(
-          x, ws[:, s + 1], layer_noise(layer + 1))
-      img = _upsample2x(img) + ToRGB(c.channels, instance_norm=inorm(layer + 2),
-                                     name=f"b{res}_torgb")(x, ws[:, s + 2])
-      layer, s = layer + 2, s + 3
+    img = None
+    # one pass over `style_layers`: style s reads ws[:, s]; the W+ index i of its w also
+    # numbers its noise input (convs) and its `instance_norm` entry
+    for s, (name, i) in enumerate(c.style_layers):
+      block, kind = name.split("_")
+      if kind == "torgb":
+        rgb = ToRGB(c.channels, instance_norm=c.normalizes_layer(i), name=name)(x, ws[:, s])
+        img = rgb if img is None else _upsample2x(img) + rgb
+      else:
+        x = ModulatedConv(c.features(int(block[1:])), up=kind == "conv0",
+                          instance_norm=c.normalizes_layer(i), name=name)(
+                              x, ws[:, s], layer_noise(i))
     return img
 
 
