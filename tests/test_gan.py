@@ -251,6 +251,44 @@ def test_instance_norm_option_makes_layers_ignore_input_channel_statistics(key):
     assert np.max(np.abs(images[a] - images[b])) > 1e-3, (a, b)
 
 
+def test_fourier_input_is_its_formula_and_translates_with_w(key):
+  """`FourierInput` (StyleGAN3's input, translation only): the closed form
+  sin(2 pi (f . (p - t) + phi)) @ mix / sqrt(C) at the pixel centres p, with t = A(w); a w
+  that translates by one pixel shifts the pattern by one pixel; zero translation at init;
+  `synthesis_input='fourier'` replaces the constant and unknown names are refused."""
+  from jaxgen.nn.stylegan import FourierInput
+  layer = FourierInput(5, size=4, bandwidth=2.0)
+  w = jax.random.normal(key, (3, 6))
+  v = jax.jit(lambda k: layer.init(k, w))(jax.random.key(0))
+  run = jax.jit(layer.apply)
+  out0 = np.asarray(run(v, w))
+  f = np.asarray(v["buffers"]["input_freqs"])
+  phi = np.asarray(v["buffers"]["input_phases"])
+  mix = np.asarray(v["params"]["mix"])
+  assert f.shape == (5, 2) and np.all(np.linalg.norm(f, axis=-1) <= 2.0)
+  assert np.all((phi >= 0) & (phi < 1))
+  assert not np.any(np.asarray(v["params"]["translation_kernel"]))  # t = 0 at init
+  g = (np.arange(4) + 0.5) / 4 - 0.5
+  py, px = np.meshgrid(g, g, indexing="ij")
+  ref = np.sin(2 * np.pi * (px[..., None] * f[:, 0] + py[..., None] * f[:, 1] + phi)) @ mix
+  np.testing.assert_allclose(out0, np.broadcast_to(ref / np.sqrt(5), out0.shape), atol=1e-5)
+  # t = A(w) = w @ kernel / sqrt(6): choose the kernel so that w[0] moves one pixel right
+  kernel = np.zeros((6, 2), np.float32)
+  kernel[:, 0] = np.asarray(w[0]) * np.sqrt(6) / (4 * float(w[0] @ w[0]))  # t_x = 1/4
+  moved = np.asarray(run({**v, "params": {**v["params"], "translation_kernel": kernel}}, w[:1]))
+  np.testing.assert_allclose(moved[0, :, 1:], out0[0, :, :-1], atol=1e-5)
+  assert np.max(np.abs(moved[0, :, 0] - out0[0, :, 0])) > 1e-3
+  cfg = dataclasses.replace(SG, synthesis_input="fourier")
+  z = jax.random.normal(key, (2, SG.z_dim))
+  gv = jax.jit(lambda k: StyleGenerator(cfg).init({"params": k}, z))(jax.random.key(3))
+  assert "const" not in gv["params"]["synthesis_net"]
+  assert "input" in gv["params"]["synthesis_net"]
+  assert jax.jit(StyleGenerator(cfg).apply)(gv, z).shape == (2, 8, 8, 3)
+  with pytest.raises(ValueError, match=r"synthesis_input must be one of \('const', "
+                     r"'fourier'\), got 'sine'"):
+    dataclasses.replace(SG, synthesis_input="sine")
+
+
 def _modulated_conv_reference(p, x, w):
   styles = w @ (p["affine"]["kernel"] / math.sqrt(6)) + p["affine"]["bias"][None]  # [B, 3]
   weight = p["kernel"] / math.sqrt(27)
@@ -1024,6 +1062,9 @@ def test_configs_build():
   assert late.to_dict() == overridden.to_dict()
   regularized = load_config("experiments/configs/stylegan_shapes.py:regularized")
   assert late.to_dict() != regularized.to_dict()
+  fourier = load_config("experiments/configs/stylegan_shapes.py:late_norm_fourier")
+  assert fourier.to_dict() == load_config("experiments/configs/stylegan_shapes.py:late_norm",
+                                          ["model.synthesis_input='fourier'"]).to_dict()
   config = load_config("experiments/configs/dcgan_digits.py:smoke", ["options.loss='wgan'"])
   with pytest.raises(ValueError, match="unknown GAN loss 'wgan'"):
     G.train(config, "/tmp/never-created-gan-workdir")

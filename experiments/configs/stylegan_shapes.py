@@ -12,6 +12,12 @@ block only (W+ layers 4 and 5, ``model.instance_norm=(4, 5)``) and R1 gamma 1.0:
 on which the colour direction meets the issue's editing bars on one seed (14) of eight
 (docs/gans.md, "Instance norm on the last block only"). Same as
 ``:regularized --set options.r1_gamma=1.0 --set "model.instance_norm=(4, 5)"``.
+
+Variant ``late_norm_fourier``: ``late_norm`` with StyleGAN3's Fourier-feature input
+translated by w (``model.synthesis_input='fourier'``, `jaxgen.nn.stylegan.FourierInput`)
+instead of the learned constant (docs/gans.md, session 17: on ``late_norm`` half of the
+latents whose position a colour edit loses hold two objects, the fade between two fixed
+places that a constant input implies).
 """
 from experiments.config import Config, DataConfig, EvalConfig, SampleConfig, TrainConfig
 
@@ -33,13 +39,15 @@ def get_config(variant=None):
                    d_learning_rate=2e-3, beta1=0.0, beta2=0.99, fid_every=1000,
                    fid_samples=500, classifier_steps=800),
   )
-  if variant in ("regularized", "late_norm", "smoke"):
+  if variant in ("regularized", "late_norm", "late_norm_fourier", "smoke"):
     config.model["style_mixing_prob"] = 0.9
     config.options["pl_weight"] = 2.0
     config.train.num_steps = 30_000
-  if variant == "late_norm":
+  if variant in ("late_norm", "late_norm_fourier"):
     config.model["instance_norm"] = (4, 5)
     config.options["r1_gamma"] = 1.0
+  if variant == "late_norm_fourier":
+    config.model["synthesis_input"] = "fourier"
   if variant == "smoke":
     config.data.batch_size = 8
     config.data.image_size = 16
@@ -49,7 +57,7 @@ def get_config(variant=None):
     config.sample.num = 8
     config.eval.num_samples = 16
     config.options.update(fid_every=2, fid_samples=16, classifier_steps=10)
-  elif variant not in (None, "regularized", "late_norm"):
+  elif variant not in (None, "regularized", "late_norm", "late_norm_fourier"):
     raise ValueError(f"unknown variant {variant!r} of stylegan_shapes; expected 'regularized', "
-                     f"'late_norm', 'smoke' or none")
+                     f"'late_norm', 'late_norm_fourier', 'smoke' or none")
   return config

@@ -6,7 +6,8 @@ al. 2020, "Analyzing and Improving the Image Quality of StyleGAN"):
     layers with leaky ReLU (learning-rate multiplier 0.01 as in the papers);
   * a tracked mean `w_avg` (collection ``"buffers"``), moved towards the batch mean of w at
     every training call, used by truncation ``w' = w_avg + psi (w - w_avg)``;
-  * synthesis from a learned constant 4x4 input through modulated/demodulated 3x3
+  * synthesis from a learned constant 4x4 input (or, as an option, StyleGAN3's Fourier
+    features translated by w: `FourierInput`) through modulated/demodulated 3x3
     convolutions (StyleGAN2 eq. 1-3), per-layer noise inputs with learned strengths, and a
     "skip" RGB output summed over resolutions.
   The synthesis takes one w per layer: ``ws`` [B, num_ws, w_dim] (``W+``); feeding the same w
@@ -35,10 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["StyleGANConfig", "broadcast_ws", "expand_ws", "mix_styles", "StyleGenerator",
-           "StyleDiscriminator", "EqualDense", "EqualConv", "check_truncation_psi", "truncate"]
+           "StyleDiscriminator", "FourierInput", "EqualDense", "EqualConv", "check_truncation_psi", "truncate"]
 
 _SQRT2 = math.sqrt(2.0)
 NOISE_MODES = ("const", "random", "none")
+SYNTHESIS_INPUTS = ("const", "fourier")
 
 
 def _lrelu(x):
@@ -161,6 +163,10 @@ class StyleGANConfig:
       layer indices in [0, num_ws) (the layers whose w is ``ws[:, i]``; e.g. ``(4, 5)`` for
       the 16x16 block's second conv and toRGB at image_size 16). A list is taken as a tuple
       (config files saved as JSON).
+    synthesis_input: what the 4x4 block starts from. 'const' (StyleGAN2: a learned constant)
+      or 'fourier' (`FourierInput`, after StyleGAN3, Karras et al. 2021: fixed random
+      sinusoids whose translation is an affine function of the first w, so an object's
+      position can move continuously with w instead of fading between fixed places).
   """
   image_size: int = 16
   channels: int = 3
@@ -174,6 +180,7 @@ class StyleGANConfig:
   mbstd_group_size: int = 4
   style_mixing_prob: float = 0.0
   instance_norm: bool | tuple[int, ...] = False
+  synthesis_input: str = "const"
 
   def __post_init__(self):
     s = self.image_size
@@ -197,6 +204,9 @@ class StyleGANConfig:
     else:
       raise ValueError(f"StyleGANConfig.instance_norm must be True, False or a non-empty "
                        f"tuple of W+ layer indices in [0, {self.num_ws}), got {inorm!r}.")
+    if self.synthesis_input not in SYNTHESIS_INPUTS:
+      raise ValueError(f"StyleGANConfig.synthesis_input must be one of {SYNTHESIS_INPUTS}, "
+                       f"got {self.synthesis_input!r}.")
 
   def normalizes_layer(self, index: int) -> bool:
     """Whether the modulated layers taking ``ws[:, index]`` normalise their input."""
@@ -378,6 +388,46 @@ class MappingNetwork(nn.Module):
     return x
 
 
+class FourierInput(nn.Module):
+  """The synthesis input of StyleGAN3 (Karras et al. 2021, "Alias-Free Generative
+  Adversarial Networks", sec. 3.2 and appendix F), translation only: ``channels`` sinusoids
+  sin(2 pi (f_c . (p - t) + phi_c)) sampled at the pixel centres p of a size x size grid
+  over the image ([-1/2, 1/2]^2), then mixed by a learned 1x1 linear layer.
+
+  The frequencies f_c (uniform in the disc of radius ``bandwidth`` cycles per image) and the
+  phases phi_c (uniform in [0, 1)) are drawn once at init and kept in ``"buffers"``. The
+  translation t = A(w) is an equalised-lr affine map of w initialised to zero (t = 0 at
+  init, as StyleGAN3 initialises its input transform to the identity), so the whole input
+  pattern can shift continuously with w. A learned constant (StyleGAN2) has fixed places:
+  moving an object between them can only fade one place out and another in.
+  """
+  channels: int
+  size: int = 4
+  bandwidth: float = 2.0
+
+  @nn.compact
+  def __call__(self, w):  # [B, w_dim] -> [B, size, size, channels]
+    c = self.channels
+
+    def draw_freqs():
+      k_r, k_a = jax.random.split(self.make_rng("params"))
+      radius = self.bandwidth * jnp.sqrt(jax.random.uniform(k_r, (c,)))
+      angle = 2 * jnp.pi * jax.random.uniform(k_a, (c,))
+      return jnp.stack([radius * jnp.cos(angle), radius * jnp.sin(angle)], -1)  # [c, 2]
+
+    freqs = self.variable("buffers", "input_freqs", draw_freqs).value
+    phases = self.variable("buffers", "input_phases",
+                           lambda: jax.random.uniform(self.make_rng("params"), (c,))).value
+    a = self.param("translation_kernel", nn.initializers.zeros, (w.shape[-1], 2))
+    t = w @ (a / math.sqrt(w.shape[-1]))  # [B, 2] in image widths (x, y)
+    grid = (jnp.arange(self.size, dtype=jnp.float32) + 0.5) / self.size - 0.5
+    p = jnp.stack(jnp.meshgrid(grid, grid, indexing="xy"), -1)  # [S, S, 2] (x, y)
+    arg = (p[None] - t[:, None, None]) @ freqs.T + phases[None, None, None]  # [B, S, S, c]
+    x = jnp.sin(2 * jnp.pi * arg)
+    mix = self.param("mix", nn.initializers.normal(1.0), (c, c))
+    return x @ (mix / math.sqrt(c))
+
+
 class SynthesisNetwork(nn.Module):
   config: StyleGANConfig
 
@@ -421,8 +471,11 @@ class SynthesisNetwork(nn.Module):
       return const.value[None]
 
     f4 = c.features(4)
-    const = self.param("const", nn.initializers.normal(1.0), (4, 4, f4))
-    x = jnp.broadcast_to(const[None], (b, 4, 4, f4))
+    if c.synthesis_input == "fourier":
+      x = FourierInput(f4, name="input")(ws[:, 0])
+    else:
+      const = self.param("const", nn.initializers.normal(1.0), (4, 4, f4))
+      x = jnp.broadcast_to(const[None], (b, 4, 4, f4))
     img = None
     # one pass over `style_layers`: style s reads ws[:, s]; the W+ index i of its w also
     # numbers its noise input (convs) and its `instance_norm` entry
