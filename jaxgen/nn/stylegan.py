@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["StyleGANConfig", "broadcast_ws", "expand_ws", "mix_styles", "StyleGenerator",
-           "StyleDiscriminator", "FourierInput", "EqualDense", "EqualConv", "check_truncation_psi", "truncate"]
+           "StyleDiscriminator", "FourierInput", "EqualDense", "EqualConv",
+           "check_truncation_psi", "truncate"]
 
 _SQRT2 = math.sqrt(2.0)
 NOISE_MODES = ("const", "random", "none")
