@@ -1060,6 +1060,8 @@ def test_configs_build():
   overridden = load_config("experiments/configs/stylegan_shapes.py:regularized",
                            ["options.r1_gamma=1.0", "model.instance_norm=(4, 5)"])
   assert late.to_dict() == overridden.to_dict()
+  assert (late.model["style_mixing_prob"], late.options["pl_weight"], late.train.num_steps,
+          late.model["instance_norm"], late.options["r1_gamma"]) == (0.9, 2.0, 30_000, (4, 5), 1.0)
   regularized = load_config("experiments/configs/stylegan_shapes.py:regularized")
   assert late.to_dict() != regularized.to_dict()
   fourier = load_config("experiments/configs/stylegan_shapes.py:late_norm_fourier")

@@ -19,7 +19,17 @@ instead of the learned constant (docs/gans.md, session 17: on ``late_norm`` half
 latents whose position a colour edit loses hold two objects, the fade between two fixed
 places that a constant input implies).
 """
-from experiments.config import Config, DataConfig, EvalConfig, SampleConfig, TrainConfig
+from experiments.config import (Config, DataConfig, EvalConfig, SampleConfig, TrainConfig,
+                                apply_override)
+
+# Each recipe: (the recipe it extends, its own settings in ``--set`` syntax). A recipe is its
+# parent's config with these applied, so ``:late_norm`` *is* ``:regularized --set ...``.
+VARIANTS = {
+    "regularized": (None, ("model.style_mixing_prob=0.9", "options.pl_weight=2.0",
+                           "train.num_steps=30000")),
+    "late_norm": ("regularized", ("model.instance_norm=(4, 5)", "options.r1_gamma=1.0")),
+    "late_norm_fourier": ("late_norm", ("model.synthesis_input=fourier",)),
+}
 
 
 def get_config(variant=None):
@@ -39,16 +49,19 @@ def get_config(variant=None):
                    d_learning_rate=2e-3, beta1=0.0, beta2=0.99, fid_every=1000,
                    fid_samples=500, classifier_steps=800),
   )
-  if variant in ("regularized", "late_norm", "late_norm_fourier", "smoke"):
-    config.model["style_mixing_prob"] = 0.9
-    config.options["pl_weight"] = 2.0
-    config.train.num_steps = 30_000
-  if variant in ("late_norm", "late_norm_fourier"):
-    config.model["instance_norm"] = (4, 5)
-    config.options["r1_gamma"] = 1.0
-  if variant == "late_norm_fourier":
-    config.model["synthesis_input"] = "fourier"
-  if variant == "smoke":
+  if variant is None:
+    return config
+  if variant not in VARIANTS and variant != "smoke":
+    raise ValueError(f"unknown variant {variant!r} of stylegan_shapes; expected one of "
+                     f"{sorted(VARIANTS) + ['smoke']} or none")
+  lineage, name = [], "regularized" if variant == "smoke" else variant
+  while name is not None:
+    lineage.append(name)
+    name = VARIANTS[name][0]
+  for name in reversed(lineage):
+    for item in VARIANTS[name][1]:
+      apply_override(config, item)
+  if variant == "smoke":  # ``regularized`` at toy size
     config.data.batch_size = 8
     config.data.image_size = 16
     config.model.update(z_dim=8, w_dim=8, mapping_layers=2, channel_base=64, channel_max=8)
@@ -57,7 +70,4 @@ def get_config(variant=None):
     config.sample.num = 8
     config.eval.num_samples = 16
     config.options.update(fid_every=2, fid_samples=16, classifier_steps=10)
-  elif variant not in (None, "regularized", "late_norm", "late_norm_fourier"):
-    raise ValueError(f"unknown variant {variant!r} of stylegan_shapes; expected 'regularized', "
-                     f"'late_norm', 'late_norm_fourier', 'smoke' or none")
   return config
