@@ -29,6 +29,7 @@ VARIANTS = {
                            "train.num_steps=30000")),
     "late_norm": ("regularized", ("model.instance_norm=(4, 5)", "options.r1_gamma=1.0")),
     "late_norm_fourier": ("late_norm", ("model.synthesis_input=fourier",)),
+    "smoke": ("regularized", ()),  # then shrunk to toy size in get_config
 }
 
 
@@ -51,17 +52,17 @@ def get_config(variant=None):
   )
   if variant is None:
     return config
-  if variant not in VARIANTS and variant != "smoke":
+  if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r} of stylegan_shapes; expected one of "
-                     f"{sorted(VARIANTS) + ['smoke']} or none")
-  lineage, name = [], "regularized" if variant == "smoke" else variant
+                     f"{sorted(VARIANTS)} or none")
+  lineage, name = [], variant
   while name is not None:
     lineage.append(name)
     name = VARIANTS[name][0]
   for name in reversed(lineage):
     for item in VARIANTS[name][1]:
       apply_override(config, item)
-  if variant == "smoke":  # ``regularized`` at toy size
+  if variant == "smoke":
     config.data.batch_size = 8
     config.data.image_size = 16
     config.model.update(z_dim=8, w_dim=8, mapping_layers=2, channel_base=64, channel_max=8)
