@@ -1014,6 +1014,18 @@ def test_acceptance_protocol_writes_every_row(style_run):
   saved = json.load(open(os.path.join(style_run, "edits", "acceptance.json")))
   assert saved["rows"] == json.loads(json.dumps(rows)) and saved["checkpoint_step"] == 4
   assert gan_acceptance.table(rows).count("\n") == len(rows) + 1
+  # the registered rules read the rows this protocol writes (experiments.gan_rule)
+  from experiments import gan_rule
+  verdict = gan_rule.judge([saved], "session18", truncation_psi=1.0, step=4)
+  blue = [r for r in rows if r["direction"] == "colour blue vs rest" and r["condition"] is None
+          and r["fit_layers"] == "not-coarse"]
+  red = [r for r in rows if r["direction"] == "colour red vs blue" and r["condition"] == "position"
+         and r["fit_layers"] == "not-coarse" and r["condition_mode"] == "one-vs-rest"]
+  assert len(blue) == len(red) == 1
+  assert [g["value"] for g in verdict["readings"]] == [
+      blue[0]["logodds_rises_unsaturated_and_flips"], red[0]["both"]]
+  assert verdict["pass"] == (blue[0]["logodds_rises_unsaturated_and_flips"] >= 0.9
+                             and red[0]["both"] >= 0.8)
   # --match runs a subset, into a file of its own (the whole protocol's stays as it was)
   part = gan_acceptance.run(style_run, num_latents=64, num_eval=4, num_select=4,
                             match="[axes]")
@@ -1191,3 +1203,42 @@ def test_pl_needs_a_style_generator_and_its_state(dcgan_state, style_pl_state):
     gan.make_gan_step(pl_weight=1.0, pl_interval=0)
   with pytest.raises(ValueError, match="style_mixing_prob"):
     StyleGANConfig(style_mixing_prob=1.5)
+
+
+def _rule_rows(unsat_blue, both_red, strict_red):
+  """The two rows the registered rules read, as `gan_acceptance.run` writes them."""
+  common = {"layers": "auto", "fit_layers": "not-coarse", "layer_indices": [2, 3]}
+  return [
+      {"direction": "colour blue vs rest", "condition": None, "condition_mode": None,
+       "logodds_rises_unsaturated_and_flips": unsat_blue, **common},
+      {"direction": "colour blue vs rest", "condition": "position",
+       "condition_mode": "one-vs-rest", "logodds_rises_unsaturated_and_flips": 1.0, **common},
+      {"direction": "colour red vs blue", "condition": "position",
+       "condition_mode": "one-vs-rest", "both": both_red,
+       "logodds_rises_and_changes": strict_red, **common},
+      {"direction": "colour red vs blue", "condition": "position", "condition_mode": "axes",
+       "both": 1.0, "logodds_rises_and_changes": 1.0, **common}]
+
+
+def test_registered_rule_passes_only_when_every_bar_holds_on_every_set():
+  from experiments import gan_rule
+  def result(seed, *values):
+    return {"truncation_psi": 0.7, "checkpoint_step": 30000, "seed": seed, "num_eval": 400,
+            "rows": _rule_rows(*values)}
+  good, edge = result(0, 0.95, 0.85, 0.5), result(1, 0.90, 0.80, 0.95)
+  v = gan_rule.judge([good, edge])
+  assert v["pass"] and [r["value"] for r in v["readings"]] == [0.95, 0.85, 0.90, 0.80]
+  # one bar just under on one set is a miss; the other rows (axes, conditioned blue) are not read
+  assert not gan_rule.judge([good, result(1, 0.899, 0.99, 1.0)])["pass"]
+  assert not gan_rule.judge([good, result(1, 0.99, 0.799, 1.0)])["pass"]
+  # session 14's strict rule reads the conditioned red-vs-blue row's two columns
+  assert not gan_rule.judge([good, edge], "session14")["pass"]  # strict 0.5 on set 0
+  assert gan_rule.judge([result(0, 0.0, 0.8, 0.9)], "session14")["pass"]
+  with pytest.raises(ValueError, match="truncation psi 1.0; the rule was registered at 0.7"):
+    gan_rule.judge([{**good, "truncation_psi": 1.0}])
+  with pytest.raises(ValueError, match="checkpoint step 29000; the rule is read at step 30000"):
+    gan_rule.judge([{**good, "checkpoint_step": 29000}])
+  with pytest.raises(ValueError, match="expected exactly one row for 'bar 1.*found 0"):
+    gan_rule.judge([{**good, "rows": good["rows"][2:]}])
+  with pytest.raises(ValueError, match="unknown rule 'session99'"):
+    gan_rule.judge([good], "session99")
