@@ -1,5 +1,6 @@
 """GAN editing tools on a trained workdir: interpolation, inversion, supervised edits,
-vector arithmetic and unsupervised direction discovery (each writes a PNG and a JSON).
+vector arithmetic, unsupervised direction discovery and an object count of samples (each
+writes a PNG and a JSON).
 The loaded workdir (`Trained`) lives in `experiments.gan_trained`.
 
   python -m experiments.gan_tools interpolate --workdir DIR --seeds 0-3 [--space z|w] [--method slerp|lerp]
@@ -7,6 +8,7 @@ The loaded workdir (`Trained`) lives in `experiments.gan_trained`.
   python -m experiments.gan_tools edit --workdir DIR --attribute size --positive large [--condition color] [--m-units std|unit] [--space w --layers 4-5 | auto] [--fit-layers 2-5] [--condition-mode axes] [--truncation-psi 0.7]
   python -m experiments.gan_tools arithmetic --workdir DIR --expr "large red circle - red + blue"
   python -m experiments.gan_tools discover --workdir DIR [--directions 16] [--steps 1000]
+  python -m experiments.gan_tools objects --workdir DIR [--num 400] [--truncation-psi 0.7]
 """
 from __future__ import annotations
 
@@ -565,6 +567,60 @@ def arithmetic(t: Trained, expr: str, *, space: str = "z", num_latents: int = 50
                 "arithmetic")
 
 
+# --- sample diagnostics ---------------------------------------------------------------
+
+def count_objects(images, threshold: float = 0.25) -> np.ndarray:
+  """Number of separate objects in each image: 8-connected regions of pixels whose
+  brightness (the largest channel, with [-1, 1] images mapped to [0, 1]) exceeds `threshold`.
+
+  Made for `shapes`, where every real image holds exactly one object on black; a generator
+  that fades an object between two grid cells draws two (docs/gans.md, "Where the position
+  is lost"). images: [N, H, W, C] in [-1, 1]; returns int counts [N]."""
+  images = np.asarray(images, np.float32)
+  if images.ndim != 4:
+    raise ValueError(f"images must be [N, H, W, C] in [-1, 1], got shape {images.shape}.")
+  if not 0.0 < threshold < 1.0:
+    raise ValueError(f"threshold must be in (0, 1) (a brightness), got {threshold}.")
+  mask = ((images + 1.0) / 2.0).max(-1) > threshold
+  n, h, w = mask.shape
+  # every lit pixel starts with its own label; the largest label of each region spreads to
+  # all of it (at most H * W rounds, far fewer in practice)
+  labels = np.where(mask, np.arange(1, h * w + 1).reshape(1, h, w), 0)
+  while True:
+    p = np.pad(labels, ((0, 0), (1, 1), (1, 1)))
+    spread = np.max([p[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=0)
+    spread = np.where(mask, spread, 0)
+    if np.array_equal(spread, labels):
+      break
+    labels = spread
+  return np.array([np.unique(l[l > 0]).size for l in labels])
+
+
+def objects(t: Trained, *, num: int = 400, seed: int = 0, truncation_psi: float = 1.0,
+            threshold: float = 0.25) -> str:
+  """Counts the objects (`count_objects`) in `num` samples: the latents `edit` evaluates on
+  for `seed` (in W with truncation for a style generator, else in Z untruncated), so the share
+  of two-object samples describes the same set an edit's numbers come from. Writes a grid of
+  up to 64 samples with two or more objects and a JSON with the histogram."""
+  if num < 1:
+    raise ValueError(f"num must be >= 1 samples, got {num}.")
+  space = "w" if t.style else "z"
+  psi = check_edit_truncation(t, space, truncation_psi)
+  z = jax.random.normal(jax.random.fold_in(jax.random.key(seed), 1), (num, t.z_dim))
+  images = t.images(t.latents(z, space, psi), space)
+  counts = count_objects(images, threshold)
+  hist = np.bincount(counts)
+  record = {"num": num, "seed": seed, "truncation_psi": psi, "threshold": threshold,
+            "space": space, "histogram": {int(k): int(v) for k, v in enumerate(hist) if v},
+            "two_or_more": int((counts >= 2).sum()),
+            "two_or_more_fraction": float((counts >= 2).mean()),
+            "none_fraction": float((counts == 0).mean())}
+  several = images[counts >= 2][:64]
+  path = _out(t, "objects" + (f"_psi{psi:g}" if psi != 1.0 else ""), seed)
+  shown = several if len(several) else np.full((1,) + images.shape[1:], -1.0)  # none: black
+  return _write(path, shown, 8, record, t, "objects")
+
+
 # --- unsupervised directions (Voynov & Babenko) ---------------------------------------
 
 def discover(t: Trained, *, num_directions: int = 16, num_steps: int = 1000, space: str = "z",
@@ -620,7 +676,7 @@ def main(argv=None) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = p.add_subparsers(dest="command", required=True)
   cmds = {name: sub.add_parser(name) for name in
-          ("interpolate", "invert", "edit", "arithmetic", "discover")}
+          ("interpolate", "invert", "edit", "arithmetic", "discover", "objects")}
   for c in cmds.values():
     c.add_argument("--workdir", required=True)
     c.add_argument("--seed", type=int, default=0)
@@ -673,6 +729,10 @@ def main(argv=None) -> int:
                  help="sample every latent truncated towards the mean w, w_avg + psi (w - w_avg) "
                       "(InterFaceGAN: 0.7); --space w")
   cmds["arithmetic"].add_argument("--expr", required=True)
+  c = cmds["objects"]
+  c.add_argument("--num", type=int, default=400)
+  c.add_argument("--truncation-psi", type=float, default=1.0)
+  c.add_argument("--threshold", type=float, default=0.25)
   c = cmds["discover"]
   c.add_argument("--directions", type=int, default=16)
   c.add_argument("--steps", type=int, default=1000)
@@ -702,6 +762,9 @@ def main(argv=None) -> int:
                 truncation_psi=args.truncation_psi)
   elif args.command == "arithmetic":
     path = arithmetic(t, args.expr, space=args.space, seed=args.seed)
+  elif args.command == "objects":
+    path = objects(t, num=args.num, seed=args.seed, truncation_psi=args.truncation_psi,
+                   threshold=args.threshold)
   else:
     path = discover(t, num_directions=args.directions, num_steps=args.steps, space=args.space,
                     seed=args.seed)

@@ -1242,3 +1242,43 @@ def test_registered_rule_passes_only_when_every_bar_holds_on_every_set():
     gan_rule.judge([{**good, "rows": good["rows"][2:]}])
   with pytest.raises(ValueError, match="unknown rule 'session99'"):
     gan_rule.judge([good], "session99")
+
+
+def test_count_objects_on_real_shapes_and_drawn_blobs():
+  """Every real `shapes` image holds one object; two separate squares count two, touching
+  diagonally they are one region (8-connectivity), a black image none."""
+  from experiments import gan_tools
+  from jaxgen.data.shapes import make_shapes
+  real = make_shapes(400, 16, 3)["image"].astype(np.float32) / 127.5 - 1.0
+  assert (gan_tools.count_objects(real) == 1).all()
+  img = -np.ones((3, 16, 16, 3), np.float32)
+  img[0, 2:5, 2:5, 0] = img[0, 10:13, 9:12, 2] = 1.0  # a red and a blue square, apart
+  img[1, 2:5, 2:5, 1] = img[1, 5:8, 5:8, 1] = 1.0  # two squares touching at a corner
+  np.testing.assert_array_equal(gan_tools.count_objects(img), [2, 1, 0])
+  # a faint region below the threshold is not an object
+  img[2, 4:8, 4:8] = -0.6  # brightness 0.2
+  assert gan_tools.count_objects(img[2:])[0] == 0
+  assert gan_tools.count_objects(img[2:], threshold=0.15)[0] == 1
+  with pytest.raises(ValueError, match=r"images must be \[N, H, W, C\]"):
+    gan_tools.count_objects(img[0])
+  with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\)"):
+    gan_tools.count_objects(img, threshold=1.5)
+
+
+def test_objects_command_counts_the_edit_evaluation_latents(style_run):
+  import json
+  import os
+  from experiments import gan_tools
+  t = gan_tools.Trained.load(style_run)
+  path = gan_tools.objects(t, num=8, seed=2, truncation_psi=0.7)
+  assert path.endswith("objects_psi0.7_seed2.png") and os.path.isfile(path)
+  rec = json.load(open(path[:-4] + ".json"))
+  # the same 8 latents `edit` evaluates on for seed 2 at psi 0.7, counted by count_objects
+  z = jax.random.normal(jax.random.fold_in(jax.random.key(2), 1), (8, t.z_dim))
+  counts = gan_tools.count_objects(t.images(t.latents(z, "w", 0.7), "w"))
+  assert rec["histogram"] == {str(k): int(v) for k, v in enumerate(np.bincount(counts)) if v}
+  assert rec["two_or_more"] == int((counts >= 2).sum()) and rec["truncation_psi"] == 0.7
+  with pytest.raises(ValueError, match=r"truncation_psi must be in \[0, 1\]"):
+    gan_tools.objects(t, truncation_psi=2.0)
+  with pytest.raises(ValueError, match="num must be >= 1"):
+    gan_tools.objects(t, num=0)
