@@ -74,7 +74,7 @@ def judge(results: list[dict], rule: str = "session18", *, truncation_psi: float
           step: int | None = 30000) -> dict:
   """Applies `RULES[rule]` to `results` (parsed acceptance JSON files, one per latent set).
 
-  Returns {"rule", "pass", "readings": [{"file", "bar", "value", "threshold", "layers",
+  Returns {"rule", "pass", "readings": [{"set", "bar", "value", "threshold", "layers",
   "pass"}]}; `pass` is true only when every bar holds on every set.
   """
   if rule not in RULES:

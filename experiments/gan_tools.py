@@ -391,6 +391,13 @@ def edit_labels(t: Trained, num_latents: int, *, space: str, seed: int = 0,
   return np.asarray(w_layers), classifier_logits(t, t.images(ws, "w"))
 
 
+def eval_latents(t: Trained, num: int, *, space: str, seed: int = 0, psi: float = 1.0):
+  """The `num` fresh latents `edit` measures its directions on for `seed` (in `space`, each
+  sampled truncated by `psi`); `objects` counts the same set."""
+  z = jax.random.normal(jax.random.fold_in(jax.random.key(seed), 1), (num, t.z_dim))
+  return t.latents(z, space, psi)
+
+
 def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
          space: str = "z", seeds=tuple(range(8)), max_m: float = 3.0, num_m: int = 7,
          num_latents: int = 5000, num_eval: int = 200, fraction: float = 0.1,
@@ -477,8 +484,7 @@ def edit(t: Trained, attribute: str, positive, negative=None, *, conditions=(),
             "truncation_psi": psi}
   if selection is not None:
     record.update(layers_selected="auto", num_select=num_select, layer_selection=selection)
-  lat_eval = t.latents(jax.random.normal(jax.random.fold_in(key, 1), (num_eval, t.z_dim)), space,
-                       psi)
+  lat_eval = eval_latents(t, num_eval, space=space, seed=seed, psi=psi)
 
   record["unconditioned"], _ = measure_edits(t, n, lat_eval, ms * scale(n), attribute, positive,
                                              negative, space=space, conditions=conditions,
@@ -582,7 +588,7 @@ def count_objects(images, threshold: float = 0.25) -> np.ndarray:
   if not 0.0 < threshold < 1.0:
     raise ValueError(f"threshold must be in (0, 1) (a brightness), got {threshold}.")
   mask = ((images + 1.0) / 2.0).max(-1) > threshold
-  n, h, w = mask.shape
+  h, w = mask.shape[1:]
   # every lit pixel starts with its own label; the largest label of each region spreads to
   # all of it (at most H * W rounds, far fewer in practice)
   labels = np.where(mask, np.arange(1, h * w + 1).reshape(1, h, w), 0)
@@ -606,8 +612,7 @@ def objects(t: Trained, *, num: int = 400, seed: int = 0, truncation_psi: float 
     raise ValueError(f"num must be >= 1 samples, got {num}.")
   space = "w" if t.style else "z"
   psi = check_edit_truncation(t, space, truncation_psi)
-  z = jax.random.normal(jax.random.fold_in(jax.random.key(seed), 1), (num, t.z_dim))
-  images = t.images(t.latents(z, space, psi), space)
+  images = t.images(eval_latents(t, num, space=space, seed=seed, psi=psi), space)
   counts = count_objects(images, threshold)
   hist = np.bincount(counts)
   record = {"num": num, "seed": seed, "truncation_psi": psi, "threshold": threshold,
