@@ -13,11 +13,11 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import train as train_mod
 from experiments.config import apply_override, load_config
-from experiments.evaluate import evaluate
+from experiments.families.ddpm import runner as train_mod
+from experiments.families.ddpm.evaluation import evaluate
+from experiments.families.ddpm.runner import load_trained, sample
 from experiments.main import main
-from experiments.sample import load_trained, sample
 from jaxgen import data as jdata
 from jaxgen.training import CheckpointError
 
@@ -78,8 +78,7 @@ def test_corrupt_checkpoint_falls_back_to_previous(trained, tmp_path):
     for f in files:
       with open(os.path.join(root, f), "wb") as fh:
         fh.write(b"garbage")
-  *_, step = load_trained(workdir)
-  assert step == 3
+  assert load_trained(workdir).step == 3
   for s in ("3", "6"):
     shutil.rmtree(os.path.join(workdir, "checkpoints", s, "state"))
   with pytest.raises(CheckpointError, match="no readable checkpoint"):
@@ -100,7 +99,7 @@ def test_blocked_sigterm_goes_to_the_loop_and_is_unblocked_after(tmp_path):
       import os, signal, threading, time
       from experiments.main import block_sigterm
       block_sigterm()  # as the runner does, before numpy / jax start threads
-      from experiments.loop import Terminate, sigterm_blocked
+      from jaxgen.training.loop import Terminate, sigterm_blocked
       worker = threading.Thread(target=time.sleep, args=(2,), daemon=True)
       worker.start()
       os.kill(os.getpid(), signal.SIGTERM)  # the kernel may pick any thread that takes it
@@ -152,8 +151,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(trained, tmp_path):
   config = smoke_config(**{"train.num_steps": 12, "train.learning_rate": 1e30})
   with pytest.raises(FloatingPointError, match="last good checkpoint"):
     train_mod.train(config, workdir)
-  *_, step = load_trained(workdir)
-  assert step == 6
+  assert load_trained(workdir).step == 6
 
 
 def test_nan_in_batch_is_a_clear_error(tmp_path, monkeypatch):
@@ -202,10 +200,10 @@ def test_cifar10_smoke_on_mock_tfds(tmp_path):
 
 
 def test_cifar10_config_is_the_paper_model():
-  from experiments import common
+  from experiments.families.ddpm.model import build_model
   from jaxgen.nn import count_params, param_shapes
   config = load_config("experiments/configs/ddpm_cifar10.py")
-  model = common.build_model(config, (32, 32, 3), 10)
+  model = build_model(config, (32, 32, 3), 10)
   assert abs(count_params(param_shapes(model)) - 35.7e6) / 35.7e6 < 0.005
   assert (config.train.learning_rate, config.data.batch_size, config.train.ema_decay,
           model.config.dropout) == (2e-4, 128, 0.9999, 0.1)

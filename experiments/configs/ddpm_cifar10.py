@@ -5,12 +5,13 @@ T = 1000 linear betas 1e-4..0.02, Adam lr 2e-4 with 5000 warm-up steps, batch 12
 clipping at 1, EMA 0.9999, 800k steps. For accelerators; the data must be prepared with TFDS
 first (see the README). The paper also used random horizontal flips, which this loader does not
 apply yet."""
-from experiments.config import (Config, DataConfig, DiffusionConfig, EvalConfig, SampleConfig,
-                                TrainConfig)
+from experiments.families.ddpm.config import (DataConfig, DDPMConfig, DiffusionConfig,
+                                             DiffusionEvalConfig, DiffusionSampleConfig,
+                                             DiffusionTrainConfig)
 
 
 def get_config(variant=None):
-  config = Config(
+  config = DDPMConfig(
       name="ddpm_cifar10",
       seed=0,
       data=DataConfig(name="cifar10", batch_size=128),
@@ -21,11 +22,11 @@ def get_config(variant=None):
                  attention_head_dim=None, norm_num_groups=32, norm_eps=1e-6, dropout=0.1,
                  freq_shift=1, flip_sin_to_cos=False, downsample_padding=0),
       diffusion=DiffusionConfig(schedule="linear", num_timesteps=1000, clip_sample=True),
-      train=TrainConfig(num_steps=800_000, learning_rate=2e-4, warmup_steps=5000,
+      train=DiffusionTrainConfig(num_steps=800_000, learning_rate=2e-4, warmup_steps=5000,
                         grad_clip=1.0, ema_decay=0.9999, ema_warmup=False, log_every=100,
                         checkpoint_every=10_000, sample_every=50_000),
-      sample=SampleConfig(sampler="ddpm", steps=1000, num=64, batch_size=256),
-      eval=EvalConfig(num_samples=10_000, classifier_steps=2000, bpd_examples=0),
+      sample=DiffusionSampleConfig(sampler="ddpm", steps=1000, num=64, batch_size=256),
+      eval=DiffusionEvalConfig(num_samples=10_000, classifier_steps=2000, bpd_examples=0),
   )
   if variant == "smoke":
     config.data.batch_size = 8

@@ -1,11 +1,12 @@
 # python -m experiments.main train --config experiments/configs/ddpm_digits.py --workdir runs/ddpm_digits
 """The demo: an unconditional DDPM on scikit-learn's 8x8 digits, about 10 minutes on 2 CPU cores."""
-from experiments.config import (Config, DataConfig, DiffusionConfig, EvalConfig, SampleConfig,
-                                TrainConfig)
+from experiments.families.ddpm.config import (DataConfig, DDPMConfig, DiffusionConfig,
+                                             DiffusionEvalConfig, DiffusionSampleConfig,
+                                             DiffusionTrainConfig)
 
 
 def get_config(variant=None):
-  config = Config(
+  config = DDPMConfig(
       name="ddpm_digits",
       seed=0,
       data=DataConfig(name="digits", image_size=None, batch_size=64),
@@ -15,10 +16,10 @@ def get_config(variant=None):
                  attention_head_dim=None, norm_num_groups=8, norm_eps=1e-6, dropout=0.0,
                  freq_shift=1, flip_sin_to_cos=False, downsample_padding=0),
       diffusion=DiffusionConfig(schedule="linear", num_timesteps=1000, clip_sample=True),
-      train=TrainConfig(num_steps=6000, learning_rate=1e-3, warmup_steps=200, lr_decay="cosine",
+      train=DiffusionTrainConfig(num_steps=6000, learning_rate=1e-3, warmup_steps=200, lr_decay="cosine",
                         ema_decay=0.999, log_every=100, checkpoint_every=1000, sample_every=2000),
-      sample=SampleConfig(sampler="ddpm", steps=100, num=100, batch_size=500),
-      eval=EvalConfig(num_samples=1000, classifier_steps=600, bpd_examples=64),
+      sample=DiffusionSampleConfig(sampler="ddpm", steps=100, num=100, batch_size=500),
+      eval=DiffusionEvalConfig(num_samples=1000, classifier_steps=600, bpd_examples=64),
   )
   if variant == "smoke":
     config.data.batch_size = 16

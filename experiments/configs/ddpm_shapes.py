@@ -1,12 +1,13 @@
 # python -m experiments.main train --config experiments/configs/ddpm_shapes.py --workdir runs/ddpm_shapes
 """An unconditional DDPM on the procedural 32x32 `shapes` data (a longer CPU run: about an
 hour on 2 cores; minutes on an accelerator)."""
-from experiments.config import (Config, DataConfig, DiffusionConfig, EvalConfig, SampleConfig,
-                                TrainConfig)
+from experiments.families.ddpm.config import (DataConfig, DDPMConfig, DiffusionConfig,
+                                             DiffusionEvalConfig, DiffusionSampleConfig,
+                                             DiffusionTrainConfig)
 
 
 def get_config(variant=None):
-  config = Config(
+  config = DDPMConfig(
       name="ddpm_shapes",
       seed=0,
       data=DataConfig(name="shapes", image_size=32, batch_size=64),
@@ -16,11 +17,11 @@ def get_config(variant=None):
                  attention_head_dim=None, norm_num_groups=8, norm_eps=1e-6, dropout=0.0,
                  freq_shift=1, flip_sin_to_cos=False, downsample_padding=0),
       diffusion=DiffusionConfig(schedule="cosine", num_timesteps=1000, clip_sample=True),
-      train=TrainConfig(num_steps=20_000, learning_rate=5e-4, warmup_steps=500,
+      train=DiffusionTrainConfig(num_steps=20_000, learning_rate=5e-4, warmup_steps=500,
                         lr_decay="cosine", ema_decay=0.999, log_every=100,
                         checkpoint_every=2000, sample_every=5000),
-      sample=SampleConfig(sampler="ddim", steps=50, num=64, batch_size=256),
-      eval=EvalConfig(num_samples=1000, classifier_steps=300, bpd_examples=0),
+      sample=DiffusionSampleConfig(sampler="ddim", steps=50, num=64, batch_size=256),
+      eval=DiffusionEvalConfig(num_samples=1000, classifier_steps=300, bpd_examples=0),
   )
   if variant == "smoke":
     config.data.batch_size = 8

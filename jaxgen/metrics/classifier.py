@@ -22,7 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 
+from jaxgen.batching import map_batched
 from jaxgen.metrics.fid import feature_statistics, frechet_distance
 
 __all__ = [
@@ -189,7 +191,7 @@ def train_classifier(images, labels, *, key, num_steps: int = 400, batch_size: i
                      learning_rate: float = 3e-3, augment_noise: float = 0.0,
                      augment_shift: int = 1, heads=None, features: Sequence[int] = (32, 64), embed_dim: int = 64,
                      dropout: float = 0.1, coord_channels: bool = True,
-                     progress: bool = False) -> ClassifierBundle:
+                     progress: bool = False, workdir: str | None = None) -> ClassifierBundle:
   """Trains a `Classifier` with Adam (cosine-decayed learning rate) on in-memory data.
 
   The loss is the sum over heads of the mean softmax cross-entropy. Batches are drawn
@@ -209,6 +211,9 @@ def train_classifier(images, labels, *, key, num_steps: int = 400, batch_size: i
     heads: dict name -> num_classes; default max(label) + 1 per head.
     features, embed_dim, dropout, coord_channels: architecture (see `Classifier`).
     progress: show a tqdm progress bar.
+    workdir: where `jaxgen.training.train_loop` keeps checkpoints (``workdir/checkpoints``)
+      and ``metrics.jsonl``: a run stopped by SIGTERM resumes there exactly. None trains in
+      memory. Either way a NaN loss stops training with `NonFiniteLossError`.
 
   Returns:
     A `ClassifierBundle`; `info` holds 'losses' (mean loss per 25-step window),
@@ -230,7 +235,6 @@ def train_classifier(images, labels, *, key, num_steps: int = 400, batch_size: i
   init_key, data_key = jax.random.split(key)
   params = jax.jit(lambda k, im: model.init(k, im))(init_key, x[:1])
   tx = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps))
-  opt_state = tx.init(params)
   head_names = [name for name, _ in heads]
 
   def loss_fn(p, batch_x, batch_y, k):
@@ -239,9 +243,10 @@ def train_classifier(images, labels, *, key, num_steps: int = 400, batch_size: i
               for n in head_names]
     return sum(losses)
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def step(p, o, all_x, all_y, s):
-    k_idx, k_noise, k_drop, k_shift = jax.random.split(jax.random.fold_in(data_key, s), 4)
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(state, all_x, all_y):
+    k_idx, k_noise, k_drop, k_shift = jax.random.split(jax.random.fold_in(data_key, state.step),
+                                                       4)
     idx = jax.random.randint(k_idx, (batch_size,), 0, all_x.shape[0])
     bx = all_x[idx]
     if augment_shift > 0:
@@ -249,26 +254,52 @@ def train_classifier(images, labels, *, key, num_steps: int = 400, batch_size: i
     if augment_noise > 0:
       bx = bx + augment_noise * jax.random.normal(k_noise, bx.shape, bx.dtype)
     by = {n: all_y[n][idx] for n in head_names}
-    loss, grads = jax.value_and_grad(loss_fn)(p, bx, by, k_drop)
-    updates, o = tx.update(grads, o, p)
-    return optax.apply_updates(p, updates), o, loss
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, bx, by, k_drop)
+    updates, o = tx.update(grads, state.opt_state, state.params)
+    return _ClassifierState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            opt_state=o), {"loss": loss}
 
   all_x, all_y = jnp.asarray(x), {n: jnp.asarray(v) for n, v in y.items()}
-  steps = range(num_steps)
-  if progress:
-    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-    steps = tqdm(steps, desc="classifier")
-  start = time.perf_counter()
-  window, losses = [], []
-  for s in steps:
-    params, opt_state, loss = step(params, opt_state, all_x, all_y, s)
-    window.append(loss)
-    if len(window) == 25 or s == num_steps - 1:
+  window, losses, done = [], [], []
+
+  def run_step(state, _):  # no loader: the step draws its batch from state.step
+    if not done:  # the first step of this run (a resumed one starts later)
+      done.append(int(jax.device_get(state.step)))
+    state, metrics = step(state, all_x, all_y)
+    done[0] += 1
+    window.append(metrics["loss"])
+    if len(window) == 25 or done[0] == num_steps:
       losses.append(float(np.mean(jax.device_get(window))))
-      window = []
+      window.clear()
+    return state, metrics
+
+  from jaxgen.training.loop import train_loop  # pylint: disable=import-outside-toplevel
+  start = time.perf_counter()
+  result = train_loop(
+      lambda: _ClassifierState(step=jnp.zeros((), jnp.int32), params=params,
+                               opt_state=tx.init(params)),
+      run_step, num_steps=num_steps, workdir=workdir, log_every=25,
+      checkpoint_every=max(num_steps // 4, 100), max_to_keep=1, tensorboard=False,
+      desc="classifier", progress=progress, hint="Lower learning_rate before training again.",
+      run_record=None if workdir is None else {"command": "train_classifier",
+                                               "config": config.to_json()})
+  params = result.state.params
   info = {"losses": losses, "num_steps": int(num_steps),
           "train_seconds": round(time.perf_counter() - start, 3)}
   return ClassifierBundle(config=config, params=jax.device_get(params), info=info)
+
+
+class _ClassifierState(struct.PyTreeNode):
+  """The classifier's training state (what `train_loop` checkpoints)."""
+  step: jax.Array                  # [] int32
+  params: Any
+  opt_state: Any
+
+  def arrays(self) -> dict:
+    return {"step": self.step, "params": self.params, "opt_state": self.opt_state}
+
+  def replace_arrays(self, tree: dict) -> "_ClassifierState":
+    return self.replace(**tree)
 
 
 def _random_shift(key, images, max_shift: int):
@@ -364,19 +395,10 @@ def _batched(bundle: ClassifierBundle, images, batch_size: int, fn: str):
   n = x.shape[0]
   if n == 0:
     raise ValueError(f"{fn} got no images.")
-  bs = min(batch_size, n)
   apply = _apply_fn(bundle.config)
-  probs, embs = [], []
-  for start in range(0, n, bs):
-    chunk = x[start:start + bs]
-    pad = bs - chunk.shape[0]
-    if pad:  # keep one compiled batch shape
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    p, e = jax.device_get(apply(bundle.params, chunk))
-    probs.append({k: v[:bs - pad] for k, v in p.items()})
-    embs.append(e[:bs - pad])
-  probs = {k: np.concatenate([p[k] for p in probs]) for k in probs[0]}
-  return probs, np.concatenate(embs).astype(np.float32)
+  probs, embs = map_batched(lambda chunk: apply(bundle.params, chunk), x,
+                            batch_size=min(batch_size, n))
+  return probs, embs.astype(np.float32)
 
 
 def classifier_features(bundle: ClassifierBundle, images, batch_size: int = 500) -> np.ndarray:
