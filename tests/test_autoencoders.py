@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from jaxgen import vae as V
 from jaxgen.nn import (Autoencoder, AutoencoderConfig, PatchDiscriminator,
@@ -104,6 +105,31 @@ def test_conv_and_mlp_shapes_and_conditioning(key):
   with pytest.raises(ValueError, match="sides >= 16"):
     jax.eval_shape(lambda p, x: disc.apply({"params": p}, x), dp,
                    jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32))
+
+
+def test_residual_blocks_and_init(key):
+  """The conv autoencoder's residual blocks are ResnetBlock2D without time embedding (diffusers'
+  AutoencoderKL names), and init_autoencoder is the generic LeCun-normal init drawn from key."""
+  from jaxgen.nn import init_from_shapes, module_param_shapes
+  from jaxgen.nn.autoencoder import init_from_shapes as reexported
+  assert reexported is init_from_shapes
+  cfg = AutoencoderConfig(image_size=8, in_channels=1, latent_channels=2,
+                          block_out_channels=(8, 16), norm_num_groups=4)
+  model = Autoencoder(cfg)
+  params = init_autoencoder(model, key)
+  shapes = module_param_shapes(model, jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32), None)
+  direct = init_from_shapes(shapes, key, kernel="lecun_normal")
+  leaves = jax.tree_util.tree_leaves
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(direct)
+  assert all(np.array_equal(a, b) for a, b in zip(leaves(params), leaves(direct)))
+  enc = params["encoder"]
+  assert set(enc["down_0_res_0"]) == {"norm1", "conv1", "norm2", "conv2"}
+  assert set(enc["down_1_res_0"]) == {"norm1", "conv1", "norm2", "conv2", "conv_shortcut"}
+  assert enc["down_1_res_0"]["conv_shortcut"]["kernel"].shape == (1, 1, 8, 16)
+  flat = {"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
+  assert not any("time_emb_proj" in k for k in flat)
+  w = np.asarray(params["decoder"]["mid_res_0"]["conv2"]["kernel"])  # fan_in 3*3*16
+  assert abs(w.var() * 144 - 1) < 0.1
 
 
 def test_bad_configs():

@@ -257,6 +257,22 @@ def test_classifier_outputs(toy_bundle):
     classifier_features(bundle, np.zeros((2, 16, 16, 1), np.float32))
 
 
+def test_classifier_batches_through_map_batched(toy_bundle):
+  """Chunked evaluation: every batch size (padded last chunk, or one chunk of N) gives the
+  per-example outputs of one big batch; empty input and batch_size < 1 are refused."""
+  bundle, x, _ = toy_bundle
+  full = classifier_features(bundle, x[:11], batch_size=11)
+  for bs in (1, 4, 11, 500):
+    np.testing.assert_allclose(classifier_features(bundle, x[:11], batch_size=bs), full,
+                               rtol=1e-5, atol=1e-6)
+  probs = classifier_predict(bundle, x[:11].astype(np.float64), batch_size=4)
+  assert probs["side"].dtype == np.float32 and probs["side"].shape == (11, 2)
+  with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    classifier_features(bundle, x[:3], batch_size=0)
+  with pytest.raises(ValueError, match="got no images"):
+    classifier_predict(bundle, x[:0])
+
+
 def test_classifier_save_load_round_trip(toy_bundle, tmp_path):
   bundle, x, _ = toy_bundle
   save_classifier(tmp_path / "clf", bundle)

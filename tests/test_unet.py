@@ -334,3 +334,91 @@ def test_group_norm_matches_float64_formula(shape):
   np.testing.assert_allclose(np.asarray(out), ref, atol=2e-5, rtol=1e-5)
   with pytest.raises(ValueError, match="divisible by num_groups=3"):
     GroupNorm(3).init(jax.random.key(0), x)
+
+
+def _np_group_norm(x, groups, eps, p):  # x [B, H, W, C] float64
+  b, h, w, c = x.shape
+  xg = x.reshape(b, h * w, groups, c // groups)
+  mu = xg.mean(axis=(1, 3), keepdims=True)
+  var = ((xg - mu) ** 2).mean(axis=(1, 3), keepdims=True)
+  return ((xg - mu) / np.sqrt(var + eps)).reshape(x.shape) * p["scale"] + p["bias"]
+
+
+def _np_conv(x, p):  # SAME conv, stride 1, kernel [k, k, Cin, Cout] (HWIO), x [B, H, W, Cin]
+  k = np.asarray(p["kernel"], np.float64)
+  r = k.shape[0] // 2
+  xp = np.pad(x, ((0, 0), (r, r), (r, r), (0, 0)))
+  h, w = x.shape[1:3]
+  out = sum(np.einsum("bhwi,io->bhwo", xp[:, i:i + h, j:j + w], k[i, j])
+            for i in range(k.shape[0]) for j in range(k.shape[1]))
+  return out + np.asarray(p["bias"], np.float64)
+
+
+def _np_silu(x):
+  return x / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize("with_temb", [True, False])
+def test_resnet_block_closed_form_with_and_without_time_embedding(key, with_temb):
+  """shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) [+ proj(silu(temb))]))), / s."""
+  from jaxgen.nn import ResnetBlock2D
+  kx, kt = jax.random.split(key)
+  x = jax.random.normal(kx, (2, 4, 5, 8))
+  temb = jax.random.normal(kt, (2, 6)) if with_temb else None
+  block = ResnetBlock2D(12, 4, 1e-6, output_scale_factor=2.0)
+  p = _random_params(block, x, temb)
+  names = {"norm1", "conv1", "norm2", "conv2", "conv_shortcut"}
+  assert set(p) == (names | {"time_emb_proj"} if with_temb else names)  # diffusers' names
+  got = np.asarray(block.apply({"params": p}, x, temb))
+  p = jax.tree.map(lambda v: np.asarray(v, np.float64), p)
+  xs = np.asarray(x, np.float64)
+  h = _np_conv(_np_silu(_np_group_norm(xs, 4, 1e-6, p["norm1"])), p["conv1"])
+  if with_temb:
+    t = _np_silu(np.asarray(temb, np.float64)) @ p["time_emb_proj"]["kernel"]
+    h = h + (t + p["time_emb_proj"]["bias"])[:, None, None, :]
+  h = _np_conv(_np_silu(_np_group_norm(h, 4, 1e-6, p["norm2"])), p["conv2"])
+  want = (_np_conv(xs, p["conv_shortcut"]) + h) / 2.0
+  assert got.shape == (2, 4, 5, 12)
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_init_from_shapes_keys_distributions_and_jit():
+  """init_unet = the generic init with split(key) = (kernel key, embedding key); the same
+  draw eagerly and under jit; each kernel family has its closed-form moments."""
+  from jaxgen.nn import init_from_shapes
+  model = UNet2D(TINY_COND)
+  shapes = param_shapes(model)
+  key = jax.random.key(6)
+  k_kernel, k_embed = jax.random.split(key)
+  direct = init_from_shapes(shapes, k_kernel, kernel="uniform", embedding_key=k_embed)
+  leaves = jax.tree_util.tree_leaves
+  for got in (init_unet(model, key), jax.jit(lambda k: init_unet(model, k))(key)):
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(shapes)
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(got), leaves(direct)))
+  normal = init_from_shapes(shapes, k_kernel, kernel="lecun_normal", embedding_key=k_embed)
+  jitted = jax.jit(lambda k, e: init_from_shapes(shapes, k, kernel="lecun_normal",
+                                                 embedding_key=e))(k_kernel, k_embed)
+  for a, b in zip(leaves(normal), leaves(jitted)):  # XLA may round the division differently
+    np.testing.assert_allclose(a, b, rtol=3e-7, atol=0)
+  w_u = np.asarray(direct["down_blocks_1"]["resnets_0"]["conv2"]["kernel"])  # fan_in 3*3*16
+  w_n = np.asarray(normal["down_blocks_1"]["resnets_0"]["conv2"]["kernel"])
+  assert abs(w_u.var() * 3 * 144 - 1) < 0.1 and np.abs(w_u).max() <= 1 / 12
+  assert abs(w_n.var() * 144 - 1) < 0.1 and abs(w_n.mean()) < 0.01
+  # The embeddings come from embedding_key alone: the same for both kernel families.
+  np.testing.assert_array_equal(normal["class_embedding"]["embedding"],
+                                direct["class_embedding"]["embedding"])
+  assert jax.eval_shape(lambda k: init_unet(model, k), key)["conv_in"]["kernel"].shape \
+      == shapes["conv_in"]["kernel"].shape
+
+
+def test_init_from_shapes_errors():
+  from jaxgen.nn import init_from_shapes
+  shapes = param_shapes(UNet2D(TINY_COND))
+  with pytest.raises(ValueError, match="embedding_key"):
+    init_from_shapes(shapes, jax.random.key(0), kernel="uniform")
+  with pytest.raises(ValueError, match="unknown kernel distribution 'xavier'"):
+    init_from_shapes(shapes, jax.random.key(0), kernel="xavier")
+  odd = {"dense": {"kernel": jax.ShapeDtypeStruct((2, 3), jnp.float32),
+                   "gamma": jax.ShapeDtypeStruct((3,), jnp.float32)}}
+  with pytest.raises(ValueError, match="no initializer for parameter dense/gamma"):
+    init_from_shapes(odd, jax.random.key(0))

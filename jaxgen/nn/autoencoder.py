@@ -19,17 +19,16 @@ encoder's input and to the decoder's input as constant channels (conv) or featur
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import traverse_util
 
-from jaxgen.nn.layers import AttentionBlock, Downsample2D, GroupNorm, Upsample2D
+from jaxgen.nn.init import init_from_shapes, module_param_shapes
+from jaxgen.nn.layers import (AttentionBlock, Downsample2D, GroupNorm, ResnetBlock2D,
+                              Upsample2D)
 
 ARCHITECTURES = ("conv", "mlp")
 
@@ -138,25 +137,10 @@ def _norm(groups: int, name: str) -> GroupNorm:
   return GroupNorm(num_groups=groups, epsilon=1e-6, name=name)
 
 
-class ResBlock(nn.Module):
-  """Pre-activation residual block without time embedding (VQGAN `ResnetBlock`):
-  `shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))`, 1x1 shortcut when channels change.
-
-  Attributes:
-    out_channels: output channels.
-    groups: GroupNorm groups.
-  """
-  out_channels: int
-  groups: int
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """Args: x [B, H, W, Cin]. Returns [B, H, W, out_channels]."""
-    h = _conv(self.out_channels, 3, "conv1")(nn.silu(_norm(self.groups, "norm1")(x)))
-    h = _conv(self.out_channels, 3, "conv2")(nn.silu(_norm(self.groups, "norm2")(h)))
-    if x.shape[-1] != self.out_channels:
-      x = _conv(self.out_channels, 1, "conv_shortcut")(x)
-    return x + h
+def _res(out_channels: int, groups: int, name: str) -> ResnetBlock2D:
+  """VQGAN's `ResnetBlock` (no time embedding, GroupNorm eps 1e-6, Flax's default kernel init)."""
+  return ResnetBlock2D(out_channels, groups, 1e-6, kernel_init=nn.initializers.lecun_normal(),
+                       name=name)
 
 
 def _label_maps(label: jax.Array | None, num_classes: int | None, x: jax.Array) -> jax.Array:
@@ -198,7 +182,7 @@ class Encoder(nn.Module):
     h = _conv(chans[0], 3, "conv_in")(x)
     for i, ch in enumerate(chans):
       for j in range(c.layers_per_block):
-        h = ResBlock(ch, g, name=f"down_{i}_res_{j}")(h)
+        h = _res(ch, g, f"down_{i}_res_{j}")(h)
       if i < len(chans) - 1:
         h = Downsample2D(ch, padding=1, name=f"down_{i}_downsample")(h)
     h = _mid(h, chans[-1], g, c, "mid")
@@ -207,14 +191,14 @@ class Encoder(nn.Module):
 
 
 def _mid(h, ch, groups, c: AutoencoderConfig, prefix: str):
-  h = ResBlock(ch, groups, name=f"{prefix}_res_0")(h)
+  h = _res(ch, groups, f"{prefix}_res_0")(h)
   if c.mid_attention:
     heads = c.attention_heads
     if ch % heads:
       raise ValueError(f"attention_heads={heads} must divide the {ch} channels of the last level")
     h = AttentionBlock(heads=heads, dim_head=ch // heads, groups=groups, eps=1e-6,
                        name=f"{prefix}_attn")(h)
-  return ResBlock(ch, groups, name=f"{prefix}_res_1")(h)
+  return _res(ch, groups, f"{prefix}_res_1")(h)
 
 
 class Decoder(nn.Module):
@@ -241,7 +225,7 @@ class Decoder(nn.Module):
     h = _mid(h, chans[-1], g, c, "mid")
     for i in reversed(range(len(chans))):
       for j in range(c.layers_per_block):
-        h = ResBlock(chans[i], g, name=f"up_{i}_res_{j}")(h)
+        h = _res(chans[i], g, f"up_{i}_res_{j}")(h)
       if i > 0:
         h = Upsample2D(chans[i - 1], name=f"up_{i}_upsample")(h)
     return nn.silu(_norm(g, "norm_out")(h))
@@ -306,8 +290,9 @@ class Autoencoder(nn.Module):
 def init_autoencoder(model: Autoencoder, key: jax.Array) -> Any:
   """Initial parameters (`variables["params"]`) of `model` without compiling `model.init`.
 
-  Kernels are LeCun-normal (N(0, 1 / fan_in), Flax's default distribution, untruncated),
-  biases zero, norm scales one; drawn with one random call (see `init_from_shapes`).
+  Kernels are LeCun-normal (N(0, 1 / fan_in), Flax's default distribution, untruncated)
+  drawn from `key` with one call, biases zero, norm scales one (see
+  `jaxgen.nn.init.init_from_shapes`).
 
   Args:
     model: the module.
@@ -318,39 +303,4 @@ def init_autoencoder(model: Autoencoder, key: jax.Array) -> Any:
   c = model.config
   x = jax.ShapeDtypeStruct((1,) + c.image_shape, jnp.float32)
   label = None if c.num_classes is None else jax.ShapeDtypeStruct((1,), jnp.int32)
-  shapes = jax.eval_shape(lambda k, x, y: model.init({"params": k}, x, y)["params"],
-                          jax.random.key(0), x, label)
-  return init_from_shapes(shapes, key)
-
-
-def init_from_shapes(shapes: Any, key: jax.Array) -> Any:
-  """Parameters for a tree of `ShapeDtypeStruct`s: "kernel" ~ N(0, 1 / fan_in) (fan_in = all
-  axes but the last), "bias" 0, "scale" 1. One normal draw for all kernels: XLA compiles
-  every random call separately, which makes `model.init` of a deep model slow on CPU."""
-  flat = traverse_util.flatten_dict(shapes)
-  paths = sorted(flat)
-  for p in paths:
-    if p[-1] not in ("kernel", "bias", "scale"):
-      raise ValueError(f"init_from_shapes: no initializer for parameter {'/'.join(p)}")
-  kernels = [p for p in paths if p[-1] == "kernel"]
-  total = sum(math.prod(flat[p].shape) for p in kernels)
-  noise = _normal(key, max(total, 1))
-  traced = isinstance(noise, jax.core.Tracer)  # under jit / eval_shape: stay in jnp
-  xp = jnp if traced else np
-  noise = noise if traced else np.asarray(noise)  # host slicing: one compile, not one per leaf
-  out, i = {}, 0
-  for p in paths:
-    shape = flat[p].shape
-    if p[-1] == "kernel":
-      n = math.prod(shape)
-      out[p] = noise[i:i + n].reshape(shape) / np.float32(math.sqrt(math.prod(shape[:-1])))
-      i += n
-    else:
-      out[p] = (xp.ones if p[-1] == "scale" else xp.zeros)(shape, xp.float32)
-  tree = traverse_util.unflatten_dict(out)
-  return tree if traced else jax.device_put(tree)
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _normal(key, n):
-  return jax.random.normal(key, (n,), jnp.float32)
+  return init_from_shapes(module_param_shapes(model, x, label), key, kernel="lecun_normal")

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgen.nn.autoencoder import init_from_shapes
+from jaxgen.nn.init import init_from_shapes, module_param_shapes
 from jaxgen.nn.layers import GroupNorm
 
 NORMS = ("group", "none")
@@ -76,8 +76,7 @@ class PatchDiscriminator(nn.Module):
 
 
 def init_discriminator(model: PatchDiscriminator, key: jax.Array, image_shape) -> dict:
-  """Parameters of `model` for images of `image_shape` (H, W, C) (see `init_from_shapes`)."""
+  """Parameters of `model` for images of `image_shape` (H, W, C): LeCun-normal kernels drawn
+  from `key` with one call, zero biases, unit scales (see `jaxgen.nn.init.init_from_shapes`)."""
   x = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
-  shapes = jax.eval_shape(lambda k, x: model.init({"params": k}, x)["params"],
-                          jax.random.key(0), x)
-  return init_from_shapes(shapes, key)
+  return init_from_shapes(module_param_shapes(model, x), key, kernel="lecun_normal")

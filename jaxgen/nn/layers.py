@@ -13,8 +13,9 @@ References:
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -66,18 +67,18 @@ def timestep_embedding(t: jax.Array, dim: int, *, flip_sin_to_cos: bool,
   return emb  # [B, dim]
 
 
-def _dense(features: int, name: str, dtype: Dtype) -> nn.Dense:
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=torch_like_kernel_init, name=name)
+def _dense(features: int, name: str, dtype: Dtype, *,
+           kernel_init: Callable = torch_like_kernel_init) -> nn.Dense:
+  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
+                  name=name)
 
 
 def _conv(features: int, kernel: int, name: str, dtype: Dtype, *, stride: int = 1,
-          padding: Any = None) -> nn.Conv:
+          padding: Any = None, kernel_init: Callable = torch_like_kernel_init) -> nn.Conv:
   if padding is None:
     padding = ((kernel // 2, kernel // 2),) * 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                 dtype=dtype, param_dtype=jnp.float32, kernel_init=torch_like_kernel_init,
-                 name=name)
+                 dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init, name=name)
 
 
 class GroupNorm(nn.Module):
@@ -149,11 +150,14 @@ class TimestepEmbedding(nn.Module):
 
 
 class ResnetBlock2D(nn.Module):
-  """Pre-activation residual block with an additive time embedding (DDPM; diffusers `ResnetBlock2D`).
+  """Pre-activation residual block, with an optional additive time embedding (DDPM, Ho et al.
+  2020, app. B; the VQGAN / latent-diffusion autoencoder's `ResnetBlock` without one, Esser et
+  al. 2021; diffusers `ResnetBlock2D`, whose `temb_channels=None` is `temb=None` here).
 
   `out = (shortcut(x) + conv2(drop(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb))))))) / s`
-  where `shortcut` is a 1x1 conv when the channel count changes and `s` is
-  `output_scale_factor`.
+  where `shortcut` is a 1x1 conv when the channel count changes, `s` is
+  `output_scale_factor`, and the `proj(silu(temb))` term (layer `time_emb_proj`) exists only
+  when `temb` is given.
 
   Attributes:
     out_channels: output channels.
@@ -162,6 +166,8 @@ class ResnetBlock2D(nn.Module):
     dropout: dropout rate before `conv2` (active only with `train=True`).
     output_scale_factor: the residual sum is divided by it.
     dtype: computation dtype.
+    kernel_init: initializer of the conv and dense kernels used by `init` (PyTorch's
+      uniform default; the autoencoder keeps Flax's LeCun normal).
   """
   out_channels: int
   groups: int
@@ -169,22 +175,28 @@ class ResnetBlock2D(nn.Module):
   dropout: float = 0.0
   output_scale_factor: float = 1.0
   dtype: Dtype = jnp.float32
+  kernel_init: Callable = torch_like_kernel_init
 
   @nn.compact
-  def __call__(self, x: jax.Array, temb: jax.Array, *, train: bool = False) -> jax.Array:
-    """Args: x [B, H, W, Cin]; temb [B, T]; train enables dropout. Returns [B, H, W, out_channels]."""
+  def __call__(self, x: jax.Array, temb: jax.Array | None = None, *,
+               train: bool = False) -> jax.Array:
+    """Args: x [B, H, W, Cin]; temb [B, T] or None (no time embedding); train enables dropout.
+    Returns [B, H, W, out_channels]."""
+    conv = functools.partial(_conv, dtype=self.dtype, kernel_init=self.kernel_init)
     h = _group_norm(self.groups, self.eps, "norm1", self.dtype)(x)
     h = nn.silu(h)
-    h = _conv(self.out_channels, 3, "conv1", self.dtype)(h)
-    t = _dense(self.out_channels, "time_emb_proj", self.dtype)(nn.silu(temb))  # [B, Cout]
-    h = h + t[:, None, None, :]
+    h = conv(self.out_channels, 3, "conv1")(h)
+    if temb is not None:
+      t = _dense(self.out_channels, "time_emb_proj", self.dtype,
+                 kernel_init=self.kernel_init)(nn.silu(temb))  # [B, Cout]
+      h = h + t[:, None, None, :]
     h = _group_norm(self.groups, self.eps, "norm2", self.dtype)(h)
     h = nn.silu(h)
     if self.dropout > 0.0:
       h = nn.Dropout(self.dropout, deterministic=not train, name="dropout")(h)
-    h = _conv(self.out_channels, 3, "conv2", self.dtype)(h)
+    h = conv(self.out_channels, 3, "conv2")(h)
     if x.shape[-1] != self.out_channels:
-      x = _conv(self.out_channels, 1, "conv_shortcut", self.dtype)(x)
+      x = conv(self.out_channels, 1, "conv_shortcut")(x)
     out = x.astype(h.dtype) + h
     if self.output_scale_factor != 1.0:
       out = out / self.output_scale_factor

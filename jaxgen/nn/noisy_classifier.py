@@ -10,15 +10,14 @@ the training loss lives in :mod:`jaxgen.training.classifier_step`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
+from jaxgen.nn.init import init_from_shapes, module_param_shapes
 from jaxgen.nn.layers import (DownBlock, MidBlock, TimestepEmbedding, _conv, _dense, _group_norm,
                               timestep_embedding)
 
@@ -157,32 +156,13 @@ def noisy_classifier_param_shapes(model: NoisyClassifier) -> Any:
   cfg = model.config
   f = cfg.downsample_factor
   x = jax.ShapeDtypeStruct((1, f, f, cfg.in_channels), jnp.float32)
-  t = jax.ShapeDtypeStruct((1,), jnp.int32)
-  return jax.eval_shape(lambda k, x, t: model.init({"params": k}, x, t)["params"],
-                        jax.random.key(0), x, t)
+  return module_param_shapes(model, x, jax.ShapeDtypeStruct((1,), jnp.int32))
 
 
 def init_noisy_classifier(model: NoisyClassifier, key: jax.Array) -> Any:
   """Fresh parameters (``variables["params"]``) with the modules' distributions: kernels
-  U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's default), zero biases, unit norm scales.
-
-  Like :func:`jaxgen.nn.init_unet`, all kernels come from a single random draw sliced on the
-  host, which compiles in a fraction of the time of ``model.init``.
+  U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's default) drawn from ``key`` with one call,
+  zero biases, unit norm scales (see :func:`jaxgen.nn.init.init_from_shapes`), which
+  compiles in a fraction of the time of ``model.init``.
   """
-  flat = traverse_util.flatten_dict(noisy_classifier_param_shapes(model))
-  paths = sorted(flat)
-  sizes = {p: math.prod(flat[p].shape) for p in paths}
-  n_u = sum(sizes[p] for p in paths if p[-1] == "kernel")
-  u = np.asarray(jax.jit(lambda k: jax.random.uniform(k, (max(n_u, 1),), jnp.float32, -1.0,
-                                                      1.0))(key))
-  out, i = {}, 0
-  for p in paths:
-    shape = flat[p].shape
-    if p[-1] == "kernel":
-      out[p] = u[i:i + sizes[p]].reshape(shape) * np.float32(1 / math.sqrt(math.prod(shape[:-1])))
-      i += sizes[p]
-    elif p[-1] in ("bias", "scale"):
-      out[p] = (np.ones if p[-1] == "scale" else np.zeros)(shape, np.float32)
-    else:
-      raise ValueError(f"init_noisy_classifier: no initializer for parameter {'/'.join(p)}")
-  return jax.device_put(traverse_util.unflatten_dict(out))
+  return init_from_shapes(noisy_classifier_param_shapes(model), key, kernel="uniform")

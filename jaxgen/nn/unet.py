@@ -13,16 +13,14 @@ shift) and an optional learned class embedding added to the time embedding.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
+from jaxgen.nn.init import init_from_shapes, module_param_shapes
 from jaxgen.nn.layers import (DownBlock, MidBlock, TimestepEmbedding, UpBlock, _conv, _group_norm,
                               timestep_embedding)
 
@@ -405,8 +403,8 @@ def init_unet(model: UNet2D, key: jax.Array) -> Any:
   Same tree and distributions as `model.init(...)["params"]` (kernels
   U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as PyTorch, zero biases, unit GroupNorm scales,
   N(0, 1) class embeddings), but drawn with two random calls instead of several per
-  parameter: XLA compiles each threefry call separately, which makes `model.init` of a
-  U-Net take tens of seconds to compile on CPU. The values differ from `model.init`'s.
+  parameter (see `jaxgen.nn.init.init_from_shapes`): kernels from `split(key)[0]`,
+  embeddings from `split(key)[1]`. The values differ from `model.init`'s.
 
   Args:
     model: the module.
@@ -415,52 +413,17 @@ def init_unet(model: UNet2D, key: jax.Array) -> Any:
   Returns:
     The float32 parameter tree (`variables["params"]`).
   """
-  flat = traverse_util.flatten_dict(param_shapes(model))
-  paths = sorted(flat)
-  for p in paths:
-    if p[-1] not in ("kernel", "bias", "scale", "embedding"):
-      raise ValueError(f"init_unet: no initializer known for parameter {'/'.join(p)}")
-
-  sizes = {p: math.prod(flat[p].shape) for p in paths}
-  n_u = sum(sizes[p] for p in paths if p[-1] == "kernel")
-  n_n = sum(sizes[p] for p in paths if p[-1] == "embedding")
-  u, z = _draw_uniform_normal(key, n_u, n_n)
-  # Slicing on the host: XLA's CPU compile time grows by ~25 ms per output array.
-  traced = isinstance(u, jax.core.Tracer)
-  xp = jnp if traced else np
-  if not traced:
-    u, z = np.asarray(u), np.asarray(z)
-  out, iu, iz = {}, 0, 0
-  for p in paths:
-    shape, n = flat[p].shape, sizes[p]
-    if p[-1] == "kernel":  # fan_in = prod of all but the output axis (Dense and HWIO conv)
-      out[p] = u[iu:iu + n].reshape(shape) * xp.float32(1.0 / math.sqrt(math.prod(shape[:-1])))
-      iu += n
-    elif p[-1] == "embedding":
-      out[p] = z[iz:iz + n].reshape(shape)
-      iz += n
-    else:
-      out[p] = (xp.ones if p[-1] == "scale" else xp.zeros)(shape, xp.float32)
-  tree = traverse_util.unflatten_dict(out)
-  return tree if traced else jax.device_put(tree)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _draw_uniform_normal(key: jax.Array, n_uniform: int, n_normal: int):
-  k_uniform, k_normal = jax.random.split(key)
-  return (jax.random.uniform(k_uniform, (max(n_uniform, 1),), jnp.float32, -1.0, 1.0),
-          jax.random.normal(k_normal, (max(n_normal, 1),), jnp.float32))
+  k_kernel, k_embed = jax.random.split(key)
+  return init_from_shapes(param_shapes(model), k_kernel, kernel="uniform", embedding_key=k_embed)
 
 
 def param_shapes(model: UNet2D) -> Any:
   """The parameter tree of `model` as `jax.ShapeDtypeStruct`s (eval_shape: no compile, no memory)."""
   cfg = model.config
   f = cfg.downsample_factor
-  x = jax.ShapeDtypeStruct((1, f, f, cfg.in_channels), jnp.float32)
-  t = jax.ShapeDtypeStruct((1,), jnp.int32)
   y = None if cfg.num_class_embeds is None else jax.ShapeDtypeStruct((1,), jnp.int32)
-  return jax.eval_shape(lambda k, x, t, y: model.init({"params": k}, x, t, y)["params"],
-                        jax.random.key(0), x, t, y)
+  return module_param_shapes(model, jax.ShapeDtypeStruct((1, f, f, cfg.in_channels), jnp.float32),
+                             jax.ShapeDtypeStruct((1,), jnp.int32), y)
 
 
 def count_params(params: Any) -> int:
