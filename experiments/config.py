@@ -170,7 +170,10 @@ def from_dict(cls, d: dict, where: str = "config"):
         value = from_dict(hints[f.name], value, f.name if where == "config" else
                           f"{where}.{f.name}")
       kwargs[f.name] = value
-  return check_section(cls(**kwargs), where)
+  section = check_section(cls(**kwargs), where)
+  if isinstance(section, Config):
+    section.validate()
+  return section
 
 
 def to_dict(config) -> dict:
@@ -233,6 +236,9 @@ class Config:
   def to_dict(self) -> dict:
     return to_dict(self)
 
+  def validate(self) -> None:
+    """Checks across fields (a family overrides it); called after every load and override."""
+
 
 # ----------------------------------------------------------------------------- loading
 
@@ -264,6 +270,7 @@ def load_config(spec: str, overrides: list[str] = ()) -> Config:
   check_section(config)
   for item in overrides:
     apply_override(config, item)
+  config.validate()
   return config
 
 
@@ -309,7 +316,9 @@ def apply_override(config, item: str) -> None:
 
 
 def apply_overrides(config, items) -> Any:
-  """Applies several ``section.field=value`` overrides; returns the config."""
+  """Applies several ``section.field=value`` overrides, then the config's cross-field checks;
+  returns the config."""
   for item in items:
     apply_override(config, item)
+  config.validate()
   return config

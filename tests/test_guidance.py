@@ -300,7 +300,7 @@ def cfg_workdir(tmp_path_factory):
 
 
 def test_runner_sweep_cfg_and_classifier(cfg_workdir):
-  from experiments.guidance import sweep
+  from experiments.families.guidance import sweep
   res = sweep(cfg_workdir, scales="0,1,3", guidance="cfg")
   assert [r["scale"] for r in res["per_scale"]] == [0.0, 1.0, 3.0]
   assert all(0 <= r["accuracy"] <= 1 and np.isfinite(r["fid"]) for r in res["per_scale"])
@@ -314,32 +314,35 @@ def test_runner_sweep_cfg_and_classifier(cfg_workdir):
 
 
 def test_runner_errors(cfg_workdir, tmp_path):
-  from experiments import guidance as G
+  from experiments import workdir as W
   from experiments.config import load_config
+  from experiments.families import guidance as G
   with pytest.raises(ValueError, match="comma-separated"):
     G.parse_scales("0,x")
   with pytest.raises(ValueError, match="unknown guidance"):
     G.sweep(cfg_workdir, scales="1", guidance="magic")
-  run = G._Run(cfg_workdir, "cfg")
+  run = G.GuidedRun(cfg_workdir, "cfg")
   # cond_drop_prob > 0 gives the U-Net one more class embedding: the null class, label 10.
   assert run.model.config.num_class_embeds == 11 and run.null == 10
   with pytest.raises(ValueError, match=r"must lie in \[0, 10\)"):
     run.draw([1.0], np.array([3, 10]), np.array([0, 0]), 0)
   # A model trained without condition dropout: a clear error before any sampling.
-  config = load_config("experiments/configs/cfg_digits.py:smoke", ["train.cond_drop_prob=0.0"])
   with pytest.raises(ValueError, match="cond_drop_prob > 0"):
-    G.train(config, str(tmp_path / "x"))
-  config.family = "ddpm"
+    load_config("experiments/configs/cfg_digits.py:smoke", ["train.cond_drop_prob=0.0"])
+  config = load_config("experiments/configs/ddpm_digits.py:smoke")
   workdir = str(tmp_path / "uncond")
-  from experiments.common import save_config
-  os.makedirs(workdir)
-  save_config(workdir, config)
+  W.save_config(workdir, config)
   with pytest.raises(ValueError, match="trained with condition dropout"):
-    G._Run(workdir, "cfg")
+    G.GuidedRun(workdir, "cfg")
+  # A misspelt key of a guidance section fails when the config is loaded, naming it.
+  with pytest.raises(ValueError, match=r"sample_scal\b.*'sample_scale'"):
+    load_config("experiments/configs/cfg_digits.py:smoke", ["guidance.sample_scal=2"])
+  with pytest.raises(ValueError, match=r"noisy_classifier\.num_steps='many': expected an int"):
+    load_config("experiments/configs/cfg_digits.py:smoke", ["noisy_classifier.num_steps=many"])
 
 
 def test_shapes_words_condition_and_hits():
-  from experiments import guidance as G
+  from experiments.families.guidance import conditions as G
   src = G.shapes_words_source("test", 16)
   batch = src[np.arange(200)]
   word = batch["label"]
@@ -353,7 +356,7 @@ def test_shapes_words_condition_and_hits():
 
 
 def test_runner_negative_sweep(cfg_workdir):
-  from experiments.guidance import sweep
+  from experiments.families.guidance import sweep
   res = sweep(cfg_workdir, scales=[0.0, 2.0], guidance="negative")
   assert [r["neg_scale"] for r in res["lecture"]] == [0.0, 2.0]
   assert all(0 <= r["negative_rate"] <= 1 for r in res["lecture"])

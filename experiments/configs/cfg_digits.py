@@ -5,12 +5,14 @@ dropout 0.1 (the learned null class is label 10), about 10-15 minutes on 2 CPU c
   python -m experiments.main sweep --workdir runs/cfg_digits --scales 0,1,3,5
   python -m experiments.main sweep --workdir runs/cfg_digits --scales 0,1,2,4,8 --guidance classifier
 """
-from experiments.config import (Config, DataConfig, DiffusionConfig, EvalConfig, SampleConfig,
-                                TrainConfig)
+from experiments.families.ddpm.config import (DataConfig, DiffusionConfig, DiffusionEvalConfig,
+                                             DiffusionSampleConfig, DiffusionTrainConfig)
+from experiments.families.guidance.config import (GuidanceConfig, GuidanceSection,
+                                                 NoisyClassifierSection)
 
 
 def get_config(variant=None):
-  config = Config(
+  config = GuidanceConfig(
       name="cfg_digits",
       family="cfg",
       seed=0,
@@ -23,15 +25,16 @@ def get_config(variant=None):
       # No clip_sample: DDIM clips x0 but keeps the unclipped guided eps, which at g >= 3
       # leaves saturated noise (measured in docs/guidance.md).
       diffusion=DiffusionConfig(schedule="linear", num_timesteps=1000, clip_sample=False),
-      train=TrainConfig(num_steps=6000, learning_rate=1e-3, warmup_steps=200, lr_decay="cosine",
+      train=DiffusionTrainConfig(num_steps=6000, learning_rate=1e-3, warmup_steps=200, lr_decay="cosine",
                         ema_decay=0.999, cond_drop_prob=0.1, log_every=100,
                         checkpoint_every=1000, sample_every=0),
-      sample=SampleConfig(sampler="ddim", steps=50, num=100, batch_size=500),
-      eval=EvalConfig(num_samples=1000, classifier_steps=600, bpd_examples=0),
-      options=dict(scales=(0.0, 1.0, 3.0, 5.0), sample_scale=3.0,
-                   classifier=dict(block_out_channels=(32, 64), layers_per_block=1,
-                                   down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                   num_steps=2000)),
+      sample=DiffusionSampleConfig(sampler="ddim", steps=50, num=100, batch_size=500),
+      eval=DiffusionEvalConfig(num_samples=1000, classifier_steps=600, bpd_examples=0),
+      guidance=GuidanceSection(scales=(0.0, 1.0, 3.0, 5.0), sample_scale=3.0),
+      noisy_classifier=NoisyClassifierSection(
+          model=dict(block_out_channels=(32, 64), layers_per_block=1,
+                     down_block_types=("DownBlock2D", "AttnDownBlock2D")),
+          num_steps=2000),
   )
   if variant == "smoke":
     config.data.batch_size = 16
@@ -41,11 +44,11 @@ def get_config(variant=None):
     config.train.log_every, config.train.checkpoint_every = 2, 4
     config.sample.steps, config.sample.num, config.sample.batch_size = 5, 10, 20
     config.eval.num_samples, config.eval.classifier_steps = 20, 20
-    config.options["scales"] = (0.0, 3.0)
-    config.options["classifier"] = dict(block_out_channels=(16, 16), layers_per_block=1,
-                                        down_block_types=("DownBlock2D", "DownBlock2D"),
-                                        mid_block=False, num_steps=4, batch_size=16,
-                                        warmup_steps=1)
+    config.guidance.scales = (0.0, 3.0)
+    config.noisy_classifier = NoisyClassifierSection(
+        model=dict(block_out_channels=(16, 16), layers_per_block=1,
+                   down_block_types=("DownBlock2D", "DownBlock2D"), mid_block=False),
+        num_steps=4, batch_size=16, warmup_steps=1)
   elif variant is not None:
     raise ValueError(f"unknown variant {variant!r} of cfg_digits; expected 'smoke' or none")
   return config

@@ -8,12 +8,13 @@ is expressible: positive word = circle, negative word = red. About 23 minutes of
   python -m experiments.main sweep --workdir runs/cfg_shapes --scales 0,1,3 --guidance negative
   python -m experiments.main sweep --workdir runs/cfg_shapes --scales 0,1,3,5
 """
-from experiments.config import (Config, DataConfig, DiffusionConfig, EvalConfig, SampleConfig,
-                                TrainConfig)
+from experiments.families.ddpm.config import (DataConfig, DiffusionConfig, DiffusionEvalConfig,
+                                             DiffusionSampleConfig, DiffusionTrainConfig)
+from experiments.families.guidance.config import GuidanceConfig, GuidanceSection
 
 
 def get_config(variant=None):
-  config = Config(
+  config = GuidanceConfig(
       name="cfg_shapes",
       family="cfg",
       seed=0,
@@ -26,13 +27,13 @@ def get_config(variant=None):
       # No clip_sample: DDIM clips x0 but keeps the unclipped guided eps, which at g >= 3
       # leaves saturated noise (measured in docs/guidance.md).
       diffusion=DiffusionConfig(schedule="cosine", num_timesteps=1000, clip_sample=False),
-      train=TrainConfig(num_steps=4000, learning_rate=1e-3, warmup_steps=200, lr_decay="cosine",
+      train=DiffusionTrainConfig(num_steps=4000, learning_rate=1e-3, warmup_steps=200, lr_decay="cosine",
                         ema_decay=0.999, cond_drop_prob=0.1, log_every=100,
                         checkpoint_every=1000, sample_every=0),
-      sample=SampleConfig(sampler="ddim", steps=50, num=70, batch_size=200),
-      eval=EvalConfig(num_samples=600, classifier_steps=400, bpd_examples=0),
-      options=dict(condition="shapes_words", scales=(0.0, 1.0, 3.0, 5.0), sample_scale=3.0,
-                   negative_scale=3.0),
+      sample=DiffusionSampleConfig(sampler="ddim", steps=50, num=70, batch_size=200),
+      eval=DiffusionEvalConfig(num_samples=600, classifier_steps=400, bpd_examples=0),
+      guidance=GuidanceSection(condition="shapes_words", scales=(0.0, 1.0, 3.0, 5.0),
+                               sample_scale=3.0, negative_scale=3.0),
   )
   if variant == "smoke":
     config.data.batch_size = 8
@@ -42,7 +43,7 @@ def get_config(variant=None):
     config.train.log_every, config.train.checkpoint_every = 2, 4
     config.sample.steps, config.sample.num, config.sample.batch_size = 4, 14, 14
     config.eval.num_samples, config.eval.classifier_steps = 14, 10
-    config.options["scales"] = (0.0, 3.0)
+    config.guidance.scales = (0.0, 3.0)
   elif variant is not None:
     raise ValueError(f"unknown variant {variant!r} of cfg_shapes; expected 'smoke' or none")
   return config

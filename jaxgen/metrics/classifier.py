@@ -213,7 +213,8 @@ def train_classifier(images, labels, *, key, num_steps: int = 400, batch_size: i
     progress: show a tqdm progress bar.
     workdir: where `jaxgen.training.train_loop` keeps checkpoints (``workdir/checkpoints``)
       and ``metrics.jsonl``: a run stopped by SIGTERM resumes there exactly. None trains in
-      memory. Either way a NaN loss stops training with `NonFiniteLossError`.
+      memory. Either way a NaN loss stops training with `NonFiniteLossError`, and SIGTERM
+      raises `jaxgen.training.Terminated` once the checkpoint is saved.
 
   Returns:
     A `ClassifierBundle`; `info` holds 'losses' (mean loss per 25-step window),
@@ -273,7 +274,7 @@ def train_classifier(images, labels, *, key, num_steps: int = 400, batch_size: i
       window.clear()
     return state, metrics
 
-  from jaxgen.training.loop import train_loop  # pylint: disable=import-outside-toplevel
+  from jaxgen.training.loop import Terminated, train_loop  # pylint: disable=C0415
   start = time.perf_counter()
   result = train_loop(
       lambda: _ClassifierState(step=jnp.zeros((), jnp.int32), params=params,
@@ -283,6 +284,9 @@ def train_classifier(images, labels, *, key, num_steps: int = 400, batch_size: i
       desc="classifier", progress=progress, hint="Lower learning_rate before training again.",
       run_record=None if workdir is None else {"command": "train_classifier",
                                                "config": config.to_json()})
+  if result.terminated:
+    raise Terminated(f"SIGTERM: the classifier's checkpoint at step {result.step} is saved in "
+                     f"{workdir}; call train_classifier with the same arguments to resume")
   params = result.state.params
   info = {"losses": losses, "num_steps": int(num_steps),
           "train_seconds": round(time.perf_counter() - start, 3)}

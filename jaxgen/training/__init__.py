@@ -2,6 +2,7 @@
 from jaxgen.training.checkpoint import (CheckpointError, make_manager, restore_arrays,
                                         restore_latest, save)
 from jaxgen.training.loop import (LoopResult, MetricsLog, NonFiniteLossError, Terminate,
+                                  Terminated,
                                   all_finite, sigterm_blocked, train_loop,
                                   versions, write_run_json)
 from jaxgen.training.classifier_step import make_classifier_train_step, noisy_classifier_loss_fn

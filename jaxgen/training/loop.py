@@ -42,6 +42,12 @@ class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN/inf loss or parameters; the last good checkpoint is kept."""
 
 
+class Terminated(Exception):
+  """SIGTERM stopped a training run that has no caller to report ``terminated`` to (e.g. a
+  classifier trained on the way to an evaluation); its checkpoint is saved, and running the
+  same call again resumes it. `train_loop` treats one raised by a hook as its own SIGTERM."""
+
+
 def all_finite(tree) -> bool:
   """True when every array leaf of `tree` is free of NaN and inf (checked before saving)."""
   leaves = jax.tree.leaves(jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree))
@@ -187,7 +193,8 @@ def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
        entries; the line goes to ``metrics.jsonl`` / TensorBoard and ``postfix(metrics)`` to the
        progress bar.
     5. then, in order: on SIGTERM a checkpoint and stop; every ``checkpoint_every`` steps a
-       checkpoint; every hook ``(every, fn)`` with ``every > 0`` calls ``fn(state, step)``.
+       checkpoint; every hook ``(every, fn)`` with ``every > 0`` calls ``fn(state, step)`` (a
+       hook that raises `Terminated` counts as SIGTERM).
     6. at the end (not after SIGTERM): a checkpoint, then each ``at_end`` hook ``fn(state, step)``.
   A checkpoint is never written from parameters that are not finite.
 
@@ -237,7 +244,7 @@ def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
   manager, resumed_from = None, None
   if workdir is not None:
     manager = make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep)
-    restored = restore_latest(manager, state)
+    restored = restore_latest(manager, state, with_data=loader is not None)
     if restored is not None:
       state, data_state, resumed_from = restored
       if data_state is not None and loader is not None:
@@ -308,9 +315,15 @@ def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
           break
         if done % checkpoint_every == 0 and done < num_steps:
           checkpoint(state)
-        for every, fn in hooks:
-          if every and done % every == 0 and done < num_steps:
-            fn(state, done)
+        try:
+          for every, fn in hooks:
+            if every and done % every == 0 and done < num_steps:
+              fn(state, done)
+        except Terminated:  # a nested run (a hook's classifier) took the SIGTERM
+          checkpoint(state)
+          log.warning("SIGTERM in a hook: saved a checkpoint at step %d and stopped", done)
+          terminated = True
+          break
     if not terminated:
       checkpoint(state)
   finally:
