@@ -41,8 +41,8 @@ def _time(fn, repeats: int):
 def run_one(name: str, repeats: int, batch: int | None, train_batch: int | None) -> dict:
   import jax
   import jax.numpy as jnp
-  from experiments import common
   from experiments.config import load_config
+  from experiments.families.ddpm import model as common
   from jaxgen import diffusion as D
   from jaxgen.nn import count_params, init_unet
   from jaxgen.training import TrainState, make_optimizer, make_train_step

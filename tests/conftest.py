@@ -75,8 +75,8 @@ def sigterm_resume(monkeypatch, tmp_path):
       def __next__(self):
         if next(calls) == 3:
           # To the main thread, where the loop's handler runs. os.kill(getpid) lets the kernel
-          # pick any thread; once (session 15, under load) the worker then aborted from a
-          # native thread (probably the one the signal interrupted; not proven).
+          # pick any thread; under load a worker was once seen to abort from a native thread
+          # after that (probably the one the signal interrupted; not proven).
           signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
         return super().__next__()
 

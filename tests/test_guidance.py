@@ -362,3 +362,22 @@ def test_runner_negative_sweep(cfg_workdir):
   assert all(0 <= r["negative_rate"] <= 1 for r in res["lecture"])
   assert 0 <= res["replace"]["negative_rate"] <= 1
   assert os.path.isfile(os.path.join(cfg_workdir, "sweep", "negative_grid.png"))
+
+
+def test_classifier_guidance_family_end_to_end(tmp_path, capsys):
+  """The classifier_guidance family through the runner: train (the diffusion model, then the
+  noise-aware classifier), evaluate (the classifier-guided sweep over guidance.scales) and
+  sample, all by the command line."""
+  from experiments.main import main
+  workdir = str(tmp_path / "cg")
+  assert main(["train", "--config", "experiments/configs/classifier_guidance_digits.py:smoke",
+               "--workdir", workdir]) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary["step"] == 4 and not summary["terminated"]
+  assert summary["noisy_classifier"]["step"] == 4
+  assert set(summary["noisy_classifier"]["test_accuracy_at_t"]) == {"0", "12", "25", "37", "49"}
+  assert main(["evaluate", "--workdir", workdir, "--num", "10"]) == 0
+  sweep = json.load(open(os.path.join(workdir, "sweep", "classifier.json")))
+  assert [r["scale"] for r in sweep["per_scale"]] == [0.0, 3.0]
+  with pytest.raises(ValueError, match="--truncation-psi does not apply"):
+    main(["sample", "--workdir", workdir, "--truncation-psi", "0.5"])
