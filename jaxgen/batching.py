@@ -15,12 +15,12 @@ __all__ = ["map_batched"]
 
 
 def map_batched(fn: Callable[..., Any], *arrays: Any, batch_size: int,
-                key: jax.Array | None = None, num: int | None = None,
+                key: jax.Array | None = None, num: int | None = None, pad: bool = True,
                 progress: bool | str = False) -> Any:
   """`fn` applied to `arrays` in chunks of `batch_size` rows, outputs concatenated on the host.
 
   Chunk i holds rows `[i * batch_size, (i + 1) * batch_size)` of every array; the last chunk
-  is padded with zeros to `batch_size` rows, so `fn` always sees the same shapes (and, if
+  is padded with zeros to `batch_size` rows (unless ``pad=False``), so `fn` always sees the same shapes (and, if
   jitted, compiles once whatever N). Padded rows are dropped from the outputs. Rows must be
   independent: `fn`'s output row j may depend only on input row j (per-example
   computations, not batch statistics).
@@ -40,6 +40,9 @@ def map_batched(fn: Callable[..., Any], *arrays: Any, batch_size: int,
       (the chunking of diffusion sampling), so the result depends on `batch_size`.
     num: N when no array gives it (all None, e.g. sampling with only a key); must match
       the arrays' leading size otherwise.
+    pad: pad the last chunk to `batch_size` rows (one compiled shape). False calls `fn` on
+      the shorter chunk as it is (a second compile), for an `fn` whose rows are not
+      independent of the chunk's size, e.g. sampling noise of the chunk's shape from `key_i`.
     progress: show a tqdm progress bar over the chunks; a string is its description.
 
   Returns:
@@ -74,9 +77,9 @@ def map_batched(fn: Callable[..., Any], *arrays: Any, batch_size: int,
 
   def chunk(x, start):
     part = x[start:start + batch_size]
-    pad = batch_size - part.shape[0]
-    if pad:  # keep one compiled batch shape
-      part = np.concatenate([part, np.zeros((pad,) + part.shape[1:], part.dtype)])
+    short = batch_size - part.shape[0]
+    if short and pad:  # keep one compiled batch shape
+      part = np.concatenate([part, np.zeros((short,) + part.shape[1:], part.dtype)])
     return part
 
   starts = range(0, n, batch_size)
@@ -90,10 +93,12 @@ def map_batched(fn: Callable[..., Any], *arrays: Any, batch_size: int,
     if key is not None:
       args = (jax.random.fold_in(key, i),) + tuple(args)
     keep = min(batch_size, n - start)
+    rows = batch_size if pad else keep
     out = jax.device_get(fn(*args))
     for leaf in jax.tree_util.tree_leaves(out):
-      if np.ndim(leaf) == 0 or np.shape(leaf)[0] != batch_size:
-        raise ValueError(f"map_batched: every output of fn must have batch_size={batch_size} "
-                         f"rows on axis 0, got shape {np.shape(leaf)}")
+      if np.ndim(leaf) == 0 or np.shape(leaf)[0] != rows:
+        raise ValueError(f"map_batched: every output of fn must have the chunk's rows on axis "
+                         f"0 (batch_size={batch_size} rows on axis 0 when padded, here {rows}), "
+                         f"got shape {np.shape(leaf)}")
     outs.append(jax.tree.map(lambda v, keep=keep: v[:keep], out))
   return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)

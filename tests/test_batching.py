@@ -84,3 +84,20 @@ def test_errors():
     map_batched(fn, np.float32(1.0), batch_size=2)
   with pytest.raises(ValueError, match="batch_size=2 rows on axis 0"):
     map_batched(jax.jit(lambda x: x.sum()), x, batch_size=2)
+
+
+def test_map_batched_without_padding_calls_fn_on_the_short_chunk(key):
+  """pad=False: the last chunk keeps its own size (what sampling noise of the chunk's shape
+  needs); chunk i still gets fold_in(key, i)."""
+  from jaxgen.batching import map_batched
+  sizes = []
+
+  def fn(k, rows):
+    sizes.append(len(rows))
+    return np.asarray(jax.random.normal(k, (len(rows), 2)))
+
+  out = map_batched(fn, np.arange(7), batch_size=3, key=key, pad=False)
+  assert sizes == [3, 3, 1] and out.shape == (7, 2)
+  want = np.concatenate([np.asarray(jax.random.normal(jax.random.fold_in(key, i), (n, 2)))
+                         for i, n in enumerate((3, 3, 1))])
+  np.testing.assert_array_equal(out, want)

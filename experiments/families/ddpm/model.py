@@ -5,10 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from experiments.families.ddpm.config import DDPMConfig
 from jaxgen import diffusion as D
+from jaxgen.batching import map_batched
 from jaxgen.nn import UNet2D, UNetConfig, init_unet
 from jaxgen.training import TrainState, make_optimizer
 
@@ -86,11 +86,10 @@ def draw_samples(sample_fn, params, key, num: int, batch_size: int, image_shape,
                  eta: float = 0.0, labels=None, desc: str = "sampling") -> np.ndarray:
   """``num`` images in chunks of ``batch_size`` (chunk i uses ``fold_in(key, i)``; the last
   chunk is drawn at its own size, so image j depends only on the key, j and batch_size)."""
-  out = []
-  chunks = range(0, num, batch_size)
-  for i, start in enumerate(tqdm(chunks, desc=desc, leave=False, disable=len(chunks) < 2)):
-    b = min(batch_size, num - start)
-    y = None if labels is None else jnp.asarray(labels[start:start + b], jnp.int32)
-    out.append(np.asarray(sample_fn(params, jax.random.fold_in(key, i), table, eta, y,
-                                    (b,) + tuple(image_shape))))
-  return np.concatenate(out)
+
+  def chunk(k, rows, y):
+    return sample_fn(params, k, table, eta, None if y is None else jnp.asarray(y, jnp.int32),
+                     (len(rows),) + tuple(image_shape))
+
+  return map_batched(chunk, np.arange(num), labels, batch_size=batch_size, key=key, pad=False,
+                     progress=desc)

@@ -13,6 +13,7 @@ from experiments.families.ddpm.runner import load_trained
 from experiments.families.guidance import conditions
 from experiments.families.guidance.noisy_classifier import load_noisy_classifier
 from jaxgen import diffusion as D
+from jaxgen.batching import map_batched
 
 
 def make_guided_sampler(model, schedule: D.Schedule, config: Config, *, guidance: str,
@@ -110,11 +111,14 @@ class GuidedRun:
     labels = np.asarray(D.check_labels(labels, self.num_classes + int(null_ok)))
     neg_labels = np.asarray(D.check_labels(neg_labels, self.num_classes, name="neg_labels"))
     run = self.samplers[form or self.guidance]
-    bs, key, out = self.config.sample.batch_size, jax.random.key(seed), []
-    for i, s in enumerate(range(0, len(labels), bs)):
-      y, yn = labels[s:s + bs], neg_labels[s:s + bs]
-      out.append(np.asarray(run(self.params, self.cparams, jax.random.fold_in(key, i), y, yn,
-                                jnp.asarray(scales, jnp.float32), jnp.float32(g_pos), self.table,
-                                jnp.float32(self.eta), jax.ShapeDtypeStruct(
-                                    (len(y),) + tuple(self.source.image_shape), jnp.float32))))
-    return np.concatenate(out, axis=1)
+    scales = jnp.asarray(scales, jnp.float32)
+
+    def chunk(k, y, yn):  # [B, S, H, W, C]: map_batched concatenates the batch axis
+      x = run(self.params, self.cparams, k, y, yn, scales, jnp.float32(g_pos), self.table,
+              jnp.float32(self.eta),
+              jax.ShapeDtypeStruct((len(y),) + tuple(self.source.image_shape), jnp.float32))
+      return jnp.swapaxes(x, 0, 1)
+
+    out = map_batched(chunk, labels, neg_labels, batch_size=self.config.sample.batch_size,
+                      key=jax.random.key(seed), pad=False)
+    return np.swapaxes(out, 0, 1)
