@@ -133,10 +133,7 @@ def frechet_distance_jax(mu1, sigma1, mu2, sigma2) -> jax.Array:
   `frechet_distance` (float64) for reported numbers.
 
   Args:
-    mu1: [D] mean of the first feature set.
-    sigma1: [D, D] covariance of the first feature set.
-    mu2: [D] mean of the second feature set.
-    sigma2: [D, D] covariance of the second feature set.
+    mu1, sigma1, mu2, sigma2: as `frechet_distance` ([D] means, [D, D] covariances).
 
   Returns:
     A scalar array; it can be a tiny negative number (rounding) when the stats agree.

@@ -40,27 +40,35 @@ def _norm(kind: str, train: bool, name: str):
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
-class DCGANGenerator(nn.Module):
+class _DCGANNet(nn.Module):
+  """Fields shared by the DCGAN generator and discriminator.
+
+  Attributes:
+    image_size: side S of the (generated / judged) images.
+    channels: image channels C.
+    features: channels of the layer next to the images (the generator's last hidden
+      layer, the discriminator's first convolution).
+    norm: 'batch' (the paper) or 'none' (needed for gradient penalties on D).
+  """
+  image_size: int = 8
+  channels: int = 1
+  features: int = 64
+  norm: str = "batch"
+
+
+class DCGANGenerator(_DCGANNet):
   """z [B, z_dim] -> images [B, S, S, C] in [-1, 1] (tanh).
 
   z is projected to a ``start_size`` x ``start_size`` x ``features * 2^(n-1)`` tensor, then
   n = log2(S / start_size) transposed 4x4 stride-2 convolutions halve the channels and
   double the side; the last one outputs the image channels.
 
-  Attributes:
-    image_size: output side S.
-    channels: output channels C.
+  Attributes: those of `_DCGANNet` (image_size, channels, features, norm), then
     z_dim: latent size.
-    features: channels before the last (image) layer.
     start_size: side of the projected tensor.
-    norm: 'batch' (the paper) or 'none'.
   """
-  image_size: int = 8
-  channels: int = 1
   z_dim: int = 64
-  features: int = 64
   start_size: int = 4
-  norm: str = "batch"
 
   @nn.compact
   def __call__(self, z, train: bool = False):
@@ -83,24 +91,16 @@ class DCGANGenerator(nn.Module):
     return jnp.tanh(x)
 
 
-class DCGANDiscriminator(nn.Module):
+class DCGANDiscriminator(_DCGANNet):
   """images [B, S, S, C] -> logits [B].
 
   n = log2(S / end_size) 4x4 stride-2 convolutions double the channels from ``features``
   (no normalisation on the first), then a linear layer on the flattened features.
 
-  Attributes:
-    image_size: input side S.
-    channels: input channels C.
-    features: channels of the first convolution.
+  Attributes: those of `_DCGANNet` (image_size, channels, features, norm), then
     end_size: side of the last feature map.
-    norm: 'batch' (the paper) or 'none' (needed for gradient penalties).
   """
-  image_size: int = 8
-  channels: int = 1
-  features: int = 64
   end_size: int = 2
-  norm: str = "batch"
 
   @nn.compact
   def __call__(self, images, train: bool = False):

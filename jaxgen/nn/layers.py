@@ -326,23 +326,16 @@ def _attention(channels: int, attention_head_dim: int | None, groups: int, eps: 
                         rescale_output_factor=rescale, dtype=dtype, name=name)
 
 
-class DownBlock(nn.Module):
-  """One encoder level: diffusers `DownBlock2D`, or `AttnDownBlock2D` when `attention`.
-
-  `num_layers` resnets (each followed by attention when `attention`), then an optional
-  stride-2 downsampling conv. Returns the output and the skip states handed to the decoder
-  (every resnet/attention output, then the downsampled output).
+class _LevelBlock(nn.Module):
+  """Fields shared by `DownBlock` and `UpBlock` (one UNet level).
 
   Attributes:
     out_channels: channels of the level.
     num_layers: resnet blocks.
     groups, eps: GroupNorm groups and epsilon (resnets and attention).
     dropout: resnet dropout rate.
-    attention: AttnDownBlock2D instead of DownBlock2D.
+    attention: the Attn* variant (attention after each resnet).
     attention_head_dim: head width, None for one head.
-    add_downsample: False at the coarsest level.
-    downsample_padding: see `Downsample2D`.
-    dtype: computation dtype.
   """
   out_channels: int
   num_layers: int
@@ -351,6 +344,34 @@ class DownBlock(nn.Module):
   dropout: float = 0.0
   attention: bool = False
   attention_head_dim: int | None = None
+
+
+def _level_layer(block: _LevelBlock, j: int, x, temb, train: bool):
+  """Layer `j` of a level: `resnets_{j}`, then `attentions_{j}` when `block.attention`.
+
+  Called inside `block`'s compact `__call__`, so the submodules (and their names) are its own.
+  """
+  x = ResnetBlock2D(block.out_channels, block.groups, block.eps, block.dropout,
+                    dtype=block.dtype, name=f"resnets_{j}")(x, temb, train=train)
+  if block.attention:
+    x = _attention(block.out_channels, block.attention_head_dim, block.groups, block.eps, 1.0,
+                   block.dtype, f"attentions_{j}")(x)
+  return x
+
+
+class DownBlock(_LevelBlock):
+  """One encoder level: diffusers `DownBlock2D`, or `AttnDownBlock2D` when `attention`.
+
+  `num_layers` resnets (each followed by attention when `attention`), then an optional
+  stride-2 downsampling conv. Returns the output and the skip states handed to the decoder
+  (every resnet/attention output, then the downsampled output).
+
+  Attributes: those of `_LevelBlock` (out_channels, num_layers, groups, eps, dropout,
+  attention, attention_head_dim), then
+    add_downsample: False at the coarsest level.
+    downsample_padding: see `Downsample2D`.
+    dtype: computation dtype.
+  """
   add_downsample: bool = True
   downsample_padding: int = 1
   dtype: Dtype = jnp.float32
@@ -360,11 +381,7 @@ class DownBlock(nn.Module):
     """Args: x [B, H, W, Cin]; temb [B, T]. Returns (h [B, H', W', C], skips tuple of NHWC)."""
     skips = []
     for j in range(self.num_layers):
-      x = ResnetBlock2D(self.out_channels, self.groups, self.eps, self.dropout, dtype=self.dtype,
-                        name=f"resnets_{j}")(x, temb, train=train)
-      if self.attention:
-        x = _attention(self.out_channels, self.attention_head_dim, self.groups, self.eps, 1.0,
-                       self.dtype, f"attentions_{j}")(x)
+      x = _level_layer(self, j, x, temb, train)
       skips.append(x)
     if self.add_downsample:
       x = Downsample2D(self.out_channels, self.downsample_padding, dtype=self.dtype,
@@ -373,21 +390,15 @@ class DownBlock(nn.Module):
     return x, tuple(skips)
 
 
-class UpBlock(nn.Module):
+class UpBlock(_LevelBlock):
   """One decoder level: diffusers `UpBlock2D`, or `AttnUpBlock2D` when `attention`.
 
   Each of the `num_layers` resnets takes the channel concatenation `[x, skip]`, skips
   consumed last first; then an optional nearest-2x upsampling + conv.
 
-  Attributes: as `DownBlock`, with `add_upsample` (False at the finest level).
+  Attributes: those of `_LevelBlock`, then `add_upsample` (False at the finest level) and
+  `dtype`.
   """
-  out_channels: int
-  num_layers: int
-  groups: int
-  eps: float
-  dropout: float = 0.0
-  attention: bool = False
-  attention_head_dim: int | None = None
   add_upsample: bool = True
   dtype: Dtype = jnp.float32
 
@@ -399,11 +410,7 @@ class UpBlock(nn.Module):
     skips = list(skips)
     for j in range(self.num_layers):
       x = jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1)
-      x = ResnetBlock2D(self.out_channels, self.groups, self.eps, self.dropout, dtype=self.dtype,
-                        name=f"resnets_{j}")(x, temb, train=train)
-      if self.attention:
-        x = _attention(self.out_channels, self.attention_head_dim, self.groups, self.eps, 1.0,
-                       self.dtype, f"attentions_{j}")(x)
+      x = _level_layer(self, j, x, temb, train)
     if self.add_upsample:
       x = Upsample2D(self.out_channels, dtype=self.dtype, name="upsamplers_0")(x)
     return x
@@ -416,20 +423,20 @@ class MidBlock(nn.Module):
   Attributes:
     channels: channels of the coarsest level.
     groups, eps, dropout: as `DownBlock`.
+    output_scale_factor: divides each residual sum.
     attention: include the attention (`add_attention`).
     attn_groups: GroupNorm groups of the attention.
     attention_head_dim: head width, None for one head.
-    output_scale_factor: divides each residual sum.
     dtype: computation dtype.
   """
   channels: int
   groups: int
   eps: float
   dropout: float = 0.0
+  output_scale_factor: float = 1.0
   attention: bool = True
   attn_groups: int | None = None
   attention_head_dim: int | None = None
-  output_scale_factor: float = 1.0
   dtype: Dtype = jnp.float32
 
   @nn.compact

@@ -170,6 +170,27 @@ def _update_codebook(state: VQTrainState, params, z_e, indices, key, *, ema: boo
   return params, cb, dict(Q.codebook_metrics(counts), restarted=restarted)
 
 
+def _make_vq_update(*, ema: bool, codebook_decay: float, codebook_eps: float,
+                    dead_threshold: float, ema_decay: float, ema_warmup: bool, axis_name):
+  """The shared tail of the VQ-VAE and VQGAN generator steps: average over `axis_name`,
+  apply the gradients, then update the codebook (`_update_codebook`).
+
+  Returns `update(state, grads, loss, aux, z_e, indices, key, **extra) -> (state, metrics)`,
+  metrics = aux, codebook metrics, loss, `extra`, then the norms of `_apply`.
+  """
+
+  def update(state: VQTrainState, grads, loss, aux: dict, z_e, indices, key, **extra):
+    if axis_name is not None:
+      grads, loss, aux = jax.lax.pmean((grads, loss, aux), axis_name)
+    new, norms = _apply(state, grads, ema_decay, ema_warmup)
+    params, cb, cbm = _update_codebook(new, new.params, z_e, indices, key, ema=ema,
+                                       decay=codebook_decay, eps=codebook_eps,
+                                       dead_threshold=dead_threshold, axis_name=axis_name)
+    return new.replace(params=params, codebook=cb), dict(aux, **cbm, loss=loss, **extra, **norms)
+
+  return update
+
+
 def _check_vq(beta, codebook_update, decay):
   L.check_beta(beta)
   if codebook_update not in CODEBOOK_UPDATES:
@@ -190,6 +211,9 @@ def make_vq_step(model: Autoencoder, *, beta: float = 0.25, codebook_update: str
   and restarted. Returns `step(state: VQTrainState, batch, key) -> (state, metrics)`."""
   _check_vq(beta, codebook_update, codebook_decay)
   ema = codebook_update == "ema"
+  update = _make_vq_update(ema=ema, codebook_decay=codebook_decay, codebook_eps=codebook_eps,
+                           dead_threshold=dead_threshold, ema_decay=ema_decay,
+                           ema_warmup=ema_warmup, axis_name=axis_name)
 
   def loss_fn(params, embedding, batch):
     x, label = batch["image"], _label(model, batch)
@@ -208,14 +232,7 @@ def make_vq_step(model: Autoencoder, *, beta: float = 0.25, codebook_update: str
     embedding = jax.lax.stop_gradient(state.codebook.embedding)
     (loss, (aux, z_e, idx)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, embedding, batch)
-    if axis_name is not None:
-      grads, loss, aux = jax.lax.pmean((grads, loss, aux), axis_name)
-    new, norms = _apply(state, grads, ema_decay, ema_warmup)
-    params, cb, cbm = _update_codebook(new, new.params, z_e, idx, key, ema=ema,
-                                       decay=codebook_decay, eps=codebook_eps,
-                                       dead_threshold=dead_threshold, axis_name=axis_name)
-    new = new.replace(params=params, codebook=cb)
-    return new, dict(aux, **cbm, loss=loss, **norms)
+    return update(state, grads, loss, aux, z_e, idx, key)
 
   return step
 
@@ -260,6 +277,9 @@ def make_vqgan_steps(model: Autoencoder, disc: PatchDiscriminator, *, beta: floa
   L.check_beta(disc_weight, "disc_weight")
   L.check_beta(perceptual_weight, "perceptual_weight")
   ema = codebook_update == "ema"
+  update = _make_vq_update(ema=ema, codebook_decay=codebook_decay, codebook_eps=codebook_eps,
+                           dead_threshold=dead_threshold, ema_decay=ema_decay,
+                           ema_warmup=ema_warmup, axis_name=axis_name)
 
   def head(params_model, last, h):
     p = dict(params_model, decoder_out=last)
@@ -303,14 +323,8 @@ def make_vqgan_steps(model: Autoencoder, disc: PatchDiscriminator, *, beta: floa
     embedding = jax.lax.stop_gradient(g.codebook.embedding)
     (loss, (aux, z_e, idx, x_rec)), grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
         g.params, embedding, d_params, batch, perceptual, factor)
-    if axis_name is not None:
-      grads, loss, aux = jax.lax.pmean((grads, loss, aux), axis_name)
-    new, norms = _apply(g, grads, ema_decay, ema_warmup)
-    params, cb, cbm = _update_codebook(new, new.params, z_e, idx, key, ema=ema,
-                                       decay=codebook_decay, eps=codebook_eps,
-                                       dead_threshold=dead_threshold, axis_name=axis_name)
-    new = new.replace(params=params, codebook=cb)
-    return new, dict(aux, **cbm, loss=loss, disc_factor=factor, **norms), x_rec
+    new, metrics = update(g, grads, loss, aux, z_e, idx, key, disc_factor=factor)
+    return new, metrics, x_rec
 
   def d_loss_fn(d_params, x, x_rec, factor):
     real = disc.apply({"params": d_params}, x)
