@@ -238,7 +238,7 @@ def test_ddim_step_per_example_t():
 
 
 def test_diffusers_ddim_prev_t_is_not_the_next_table_entry():
-  """Pins the diffusers behaviour the fixtures encode (issues #12633, #9261): DDIM's step()
+  """Pins the diffusers behaviour the fixtures encode (huggingface/diffusers#12633 and #9261): DDIM's step()
   uses prev_t = t - T // n, which is the next table entry only when the table is evenly
   spaced by T // n. If a diffusers upgrade changes this, the fixtures must be regenerated and
   docs/differences_from_diffusers.md updated."""

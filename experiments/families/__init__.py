@@ -77,7 +77,7 @@ def _load_all() -> None:
 
 
 def families() -> dict[str, Family]:
-  """Every registered family, by name."""
+  """Every family the packages here add, by name."""
   _load_all()
   return dict(sorted(_FAMILIES.items()))
 

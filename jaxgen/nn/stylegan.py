@@ -35,18 +35,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen.nn.stylegan_layers import (EqualConv, EqualDense, ModulatedConv, ToRGB, downsample2x,
+                                       lrelu, upsample2x)
+
 __all__ = ["StyleGANConfig", "broadcast_ws", "expand_ws", "mix_styles", "StyleGenerator",
            "StyleDiscriminator", "FourierInput", "EqualDense", "EqualConv",
            "check_truncation_psi", "truncate"]
 
-_SQRT2 = math.sqrt(2.0)
+_SQRT2 = math.sqrt(2.0)  # the residual discriminator's skip + conv sum is scaled by 1 / sqrt(2)
+
 NOISE_MODES = ("const", "random", "none")
 SYNTHESIS_INPUTS = ("const", "fourier")
-
-
-def _lrelu(x):
-  """Leaky ReLU (slope 0.2) with StyleGAN's gain sqrt(2) (keeps unit variance)."""
-  return nn.leaky_relu(x, 0.2) * _SQRT2
 
 
 def check_truncation_psi(psi) -> None:
@@ -267,116 +266,6 @@ class StyleGANConfig:
     return (self.image_size, self.image_size, self.channels)
 
 
-class EqualDense(nn.Module):
-  """Dense layer with equalised learning rate (Karras et al. 2018, sec. 4.1): weights are
-  stored ~N(0, 1/lr_mul^2) and scaled by lr_mul / sqrt(fan_in) at run time."""
-  features: int
-  bias_init: float = 0.0
-  lr_multiplier: float = 1.0
-  use_bias: bool = True
-
-  @nn.compact
-  def __call__(self, x):  # [..., fan_in] -> [..., features]
-    fan_in = x.shape[-1]
-    w = self.param("kernel", lambda k, s: jax.random.normal(k, s) / self.lr_multiplier,
-                   (fan_in, self.features))
-    y = x @ (w * (self.lr_multiplier / math.sqrt(fan_in)))
-    if self.use_bias:
-      b = self.param("bias", lambda k, s: jnp.full(s, self.bias_init / self.lr_multiplier,
-                                                   jnp.float32), (self.features,))
-      y = y + (b * self.lr_multiplier).reshape((1,) * (y.ndim - 1) + (-1,))
-    return y
-
-
-class EqualConv(nn.Module):
-  """Convolution (SAME padding) with equalised learning rate."""
-  features: int
-  kernel_size: int = 3
-  use_bias: bool = True
-
-  @nn.compact
-  def __call__(self, x):  # [B, H, W, Cin] -> [B, H, W, features]
-    k, cin = self.kernel_size, x.shape[-1]
-    w = self.param("kernel", nn.initializers.normal(1.0), (k, k, cin, self.features))
-    y = jax.lax.conv_general_dilated(x, w / math.sqrt(cin * k * k), (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,))[None, None, None]
-    return y
-
-
-def _upsample2x(x):
-  """Bilinear 2x upsampling (half-pixel centres): the separable [1, 3, 3, 1] / 4 filter."""
-  b, h, w, c = x.shape
-  return jax.image.resize(x, (b, 2 * h, 2 * w, c), method="linear")
-
-
-def _downsample2x(x):
-  return nn.avg_pool(x, (2, 2), strides=(2, 2))
-
-
-def _conv(x, w):
-  return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def _instance_norm(x, eps: float = 1e-8):
-  """Per sample and channel: zero mean, unit variance over H, W ([B, H, W, C])."""
-  mean = jnp.mean(x, axis=(1, 2), keepdims=True)
-  var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
-  return (x - mean) * jax.lax.rsqrt(var + eps)
-
-
-class ModulatedConv(nn.Module):
-  """Modulated 3x3 conv + noise + bias + leaky ReLU (StyleGAN2 sec. 2.2, eq. 1-3).
-
-  With style s = A(w) [B, Cin] and weight w_ijk, the modulated weight is w'_ijk = s_i w_ijk and
-  demodulation divides output channel j by sqrt(sum_{i,k} w'_ijk^2 + eps). Scaling the input
-  by s before a shared convolution and the output by the demodulation factor computes the
-  same thing per sample.
-  """
-  features: int
-  up: bool = False
-  instance_norm: bool = False
-
-  @nn.compact
-  def __call__(self, x, w, noise):
-    """x [B, H, W, Cin], w [B, w_dim], noise [B or 1, H', W', 1] or None -> [B, H', W', F]."""
-    cin = x.shape[-1]
-    if self.instance_norm:
-      x = _instance_norm(x)
-    styles = EqualDense(cin, bias_init=1.0, name="affine")(w)  # [B, Cin]
-    weight = self.param("kernel", nn.initializers.normal(1.0), (3, 3, cin, self.features))
-    weight = weight / math.sqrt(cin * 9)
-    if self.up:
-      x = _upsample2x(x)
-    x = _conv(x * styles[:, None, None, :], weight)
-    dcoef = jax.lax.rsqrt(jnp.einsum("hwio,bi->bo", jnp.square(weight), jnp.square(styles))
-                          + 1e-8)  # [B, F]
-    x = x * dcoef[:, None, None, :]
-    strength = self.param("noise_strength", nn.initializers.zeros, ())
-    if noise is not None:
-      x = x + noise * strength
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    return _lrelu(x + bias[None, None, None])
-
-
-class ToRGB(nn.Module):
-  """Modulated 1x1 conv to image channels, without demodulation or activation."""
-  channels: int
-  instance_norm: bool = False
-
-  @nn.compact
-  def __call__(self, x, w):
-    cin = x.shape[-1]
-    if self.instance_norm:
-      x = _instance_norm(x)
-    styles = EqualDense(cin, bias_init=1.0, name="affine")(w) / math.sqrt(cin)
-    weight = self.param("kernel", nn.initializers.normal(1.0), (1, 1, cin, self.channels))
-    y = _conv(x * styles[:, None, None, :], weight)
-    return y + self.param("bias", nn.initializers.zeros, (self.channels,))[None, None, None]
-
-
 class MappingNetwork(nn.Module):
   config: StyleGANConfig
 
@@ -385,7 +274,7 @@ class MappingNetwork(nn.Module):
     c = self.config
     x = z * jax.lax.rsqrt(jnp.mean(jnp.square(z), axis=-1, keepdims=True) + 1e-8)
     for i in range(c.mapping_layers):
-      x = _lrelu(EqualDense(c.w_dim, lr_multiplier=c.mapping_lr_multiplier, name=f"fc{i}")(x))
+      x = lrelu(EqualDense(c.w_dim, lr_multiplier=c.mapping_lr_multiplier, name=f"fc{i}")(x))
     return x
 
 
@@ -484,7 +373,7 @@ class SynthesisNetwork(nn.Module):
       block, kind = name.split("_")
       if kind == "torgb":
         rgb = ToRGB(c.channels, instance_norm=c.normalizes_layer(i), name=name)(x, ws[:, s])
-        img = rgb if img is None else _upsample2x(img) + rgb
+        img = rgb if img is None else upsample2x(img) + rgb
       else:
         x = ModulatedConv(c.features(int(block[1:])), up=kind == "conv0",
                           instance_norm=c.normalizes_layer(i), name=name)(
@@ -575,16 +464,16 @@ class StyleDiscriminator(nn.Module):
       raise ValueError(f"StyleDiscriminator expects images [B, {', '.join(map(str, c.image_shape))}]"
                        f", got shape {images.shape}.")
     res_list = c.resolutions[::-1]  # S, ..., 4
-    x = _lrelu(EqualConv(c.features(res_list[0]), 1, name="fromrgb")(images))
+    x = lrelu(EqualConv(c.features(res_list[0]), 1, name="fromrgb")(images))
     for res in res_list[:-1]:
       f_out = c.features(res // 2)
-      skip = EqualConv(f_out, 1, use_bias=False, name=f"b{res}_skip")(_downsample2x(x))
-      y = _lrelu(EqualConv(c.features(res), name=f"b{res}_conv0")(x))
-      y = _lrelu(EqualConv(f_out, name=f"b{res}_conv1")(_downsample2x(y)))
+      skip = EqualConv(f_out, 1, use_bias=False, name=f"b{res}_skip")(downsample2x(x))
+      y = lrelu(EqualConv(c.features(res), name=f"b{res}_conv0")(x))
+      y = lrelu(EqualConv(f_out, name=f"b{res}_conv1")(downsample2x(y)))
       x = (skip + y) / _SQRT2
     x = _mbstd(x, c.mbstd_group_size)
-    x = _lrelu(EqualConv(c.features(4), name="b4_conv")(x))
-    x = _lrelu(EqualDense(c.features(4), name="b4_fc")(x.reshape(x.shape[0], -1)))
+    x = lrelu(EqualConv(c.features(4), name="b4_conv")(x))
+    x = lrelu(EqualDense(c.features(4), name="b4_fc")(x.reshape(x.shape[0], -1)))
     return EqualDense(1, name="b4_out")(x)[:, 0]
 
 
