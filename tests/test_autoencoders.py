@@ -336,7 +336,8 @@ def cvae_run(tmp_path_factory):
 
 def test_runner_cvae_train_sample_evaluate(cvae_run):
   import json
-  from experiments.autoencoders import evaluate, sample
+  from experiments.families.autoencoder import evaluate, sample
+  from experiments.main import main
   assert sorted(os.listdir(os.path.join(cvae_run, "checkpoints"))) == ["2", "4"]
   lines = [json.loads(l) for l in open(os.path.join(cvae_run, "metrics.jsonl"))]
   assert [l["step"] for l in lines] == [2, 4] and all(np.isfinite(l["loss"]) for l in lines)
@@ -353,20 +354,29 @@ def test_runner_cvae_train_sample_evaluate(cvae_run):
   assert 0 <= r["conditional_accuracy"] <= 1 and r["latent_dims"] == 4
   # Mean per-image PSNR >= the PSNR of the mean squared error (Jensen: -log is convex).
   assert r["test_psnr"] >= 10 * np.log10(4 / r["test_mse"]) - 1e-4
+  # The same through the command line: sample and evaluate find the family from config.json.
+  assert main(["sample", "--workdir", cvae_run, "--num", "10", "--seed", "3"]) == 0
+  np.testing.assert_array_equal(np.load(path[:-4] + ".npz")["images"], data["images"])
+  assert main(["evaluate", "--workdir", cvae_run, "--num", "40"]) == 0
+  again = json.load(open(os.path.join(cvae_run, "eval", "eval_step4.json")))
+  assert again == json.loads(json.dumps(r))
+  with pytest.raises(ValueError, match="--steps does not apply to the 'autoencoder' family"):
+    main(["sample", "--workdir", cvae_run, "--steps", "3"])
 
 
 def test_runner_vqgan_smoke_and_composite_checkpoint(tmp_path):
-  from experiments import autoencoders as A
   from experiments.config import load_config
+  from experiments.families import autoencoder as A
   from jaxgen.training import make_manager, restore_latest, save
   config = load_config("experiments/configs/vqgan_shapes.py:smoke")
-  config.options["perceptual"] = "none"  # the classifier path costs a classifier compile
+  config.autoencoder.perceptual = "none"  # the classifier path costs a classifier compile
   out = A.train(config, str(tmp_path))
   assert out["step"] == 4 and np.isfinite(out["loss"])
   assert int(out["state"].d.step) == 4
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [l["disc_factor"] for l in lines] == [0.0, 1.0]  # discriminator starts at step 2
   assert all(np.isfinite(l["adaptive_weight"]) and l["perplexity"] >= 1 for l in lines)
+  assert all(l["restarted_total"] >= l["restarted"] for l in lines)
   _seed_fid_classifier(str(tmp_path), (16, 16, 3),
                        {"shape": 3, "color": 4, "size": 2, "position": 9, "label": 3})
   r = A.evaluate(str(tmp_path), num_samples=32)
@@ -387,28 +397,60 @@ def test_runner_vqgan_smoke_and_composite_checkpoint(tmp_path):
 def test_vqgan_resume_after_sigterm_is_exact(sigterm_resume):
   """The shared loop on the autoencoder family's most composite state (G with codebook, D,
   their optimisers), resumed across the discriminator's start step."""
-  from experiments import autoencoders as A
   from experiments.config import load_config
+  from experiments.families import autoencoder as A
   config = load_config("experiments/configs/vqgan_shapes.py:smoke")
-  config.options["perceptual"] = "none"
+  config.autoencoder.perceptual = "none"
   config.train.checkpoint_every, config.sample.num = 100, 0
   sigterm_resume(A.train, config, num_steps=4)
 
 
 def test_runner_rejects_bad_options(tmp_path):
-  from experiments.autoencoders import train
-  from experiments.config import apply_override, load_config
-  for item, match in (("options.num_codes=0", "codebook size"),
-                      ("options.beta=-1.0", "options.beta must be"),
-                      ("options.kind='gan'", "options.kind"),
+  from experiments.config import ConfigError, apply_overrides, load_config
+  from experiments.families.autoencoder import train
+  for item, match in (("autoencoder.num_codes=0", "codebook size"),
+                      ("autoencoder.beta=-1.0", "autoencoder.beta must be"),
+                      ("autoencoder.kind='gan'", "autoencoder.kind"),
+                      ("autoencoder.conditional=True", "conditional is supported for kind='vae'"),
+                      ("autoencoder.perceptual='vgg'", "'classifier', 'none' or 'vgg16:PATH'"),
+                      ("autoencoder.disc={'base_channel': 4}", "autoencoder.disc.base_channel"),
                       ("model.latent_channels=0", "latent_channels must be a positive int"),
-                      ("options.perceptual='vgg16:/nonexistent.safetensors'", "not found"),
+                      ("autoencoder.perceptual='vgg16:/nonexistent.safetensors'", "not found"),
                       ("model.in_channels=1", "dataset 'shapes' has")):
     config = load_config("experiments/configs/vqgan_shapes.py:smoke")
-    apply_override(config, item)
     with pytest.raises((ValueError, FileNotFoundError), match=match):
+      apply_overrides(config, [item])  # the config's own checks, before any data or compile
       train(config, str(tmp_path / "bad"))
   config = load_config("experiments/configs/vqvae_shapes.py:smoke")
   config.model["block_out_channels"] = (8,) * 6  # downsampling factor 32 does not divide 16
   with pytest.raises(ValueError, match="multiple of the downsampling factor 32"):
     train(config, str(tmp_path / "bad2"))
+  # Checks across fields also run when a config is loaded from a file or a workdir.
+  with pytest.raises(ConfigError, match="autoencoder.betas"):
+    load_config("experiments/configs/vqvae_shapes.py:smoke", ["autoencoder.betas=(1.0, 2.0)"])
+  assert not os.path.exists(tmp_path / "bad" / "checkpoints")
+
+
+def test_misspelt_autoencoder_key_names_it_and_lists_the_keys(tmp_path):
+  from experiments.config import ConfigError
+  from experiments.main import main
+  with pytest.raises(ConfigError, match="kindd") as e:
+    main(["train", "--config", "experiments/configs/vae_digits.py:smoke", "--workdir",
+          str(tmp_path), "--set", "autoencoder.kindd=vae"])
+  assert "'kind'" in str(e.value) and not os.listdir(tmp_path)
+
+
+def test_beta_sweep_runs_and_workdir_config_round_trip(tmp_path):
+  """A sweep's runs are the config with one beta each; config.json reads back typed."""
+  from experiments import workdir as W
+  from experiments.config import load_config
+  from experiments.families.autoencoder import sweep_dir
+  from experiments.families.autoencoder.runner import sweep_run
+  config = load_config("experiments/configs/beta_vae_shapes.py:smoke")
+  assert config.autoencoder.betas == (0.5, 2.0)
+  run = sweep_run(config, 2.0)
+  assert run.autoencoder.beta == 2.0 and run.autoencoder.betas is None
+  assert config.autoencoder.betas == (0.5, 2.0)  # the sweep's own config is unchanged
+  assert sweep_dir("w", 0.5) == os.path.join("w", "beta_0.5")
+  W.save_config(str(tmp_path), config)
+  assert W.load_config(str(tmp_path)) == config

@@ -1,11 +1,13 @@
 # python -m experiments.main train --config experiments/configs/ae_digits.py --workdir runs/ae_digits
 """A plain convolutional autoencoder (Hinton & Salakhutdinov 2006) on the 8x8 digits:
 8x8x1 -> 4x4x2 latent (32 numbers) -> 8x8x1, mean squared error. A few minutes on 2 CPU cores."""
-from experiments.config import Config, DataConfig, EvalConfig, SampleConfig, TrainConfig
+from experiments.families.autoencoder.config import (AutoencoderExperiment, AutoencoderSection,
+                                                   DataConfig, EvalConfig, SampleConfig,
+                                                   TrainConfig)
 
 
 def get_config(variant=None):
-  config = Config(
+  config = AutoencoderExperiment(
       name="ae_digits", family="autoencoder", seed=0,
       data=DataConfig(name="digits", batch_size=64),
       model=dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
@@ -14,7 +16,7 @@ def get_config(variant=None):
                         ema_decay=0.999, log_every=100, checkpoint_every=1000),
       sample=SampleConfig(num=64),
       eval=EvalConfig(num_samples=1000, classifier_steps=600),
-      options=dict(kind="ae"),
+      autoencoder=AutoencoderSection(kind="ae"),
   )
   if variant == "smoke":
     _smoke(config)

@@ -5,11 +5,13 @@ leaves the digit identity to the label (8 dims: 95% conditional accuracy, 2 dims
 About a minute on 2 CPU cores, plus evaluation."""
 import math
 
-from experiments.config import Config, DataConfig, EvalConfig, SampleConfig, TrainConfig
+from experiments.families.autoencoder.config import (AutoencoderExperiment, AutoencoderSection,
+                                                   DataConfig, EvalConfig, SampleConfig,
+                                                   TrainConfig)
 
 
 def get_config(variant=None):
-  config = Config(
+  config = AutoencoderExperiment(
       name="cvae_digits", family="autoencoder", seed=0,
       data=DataConfig(name="digits", batch_size=64),
       model=dict(architecture="mlp", mlp_hidden=(256, 128), latent_channels=4),
@@ -17,15 +19,15 @@ def get_config(variant=None):
                         ema_decay=0.999, log_every=100, checkpoint_every=2000),
       sample=SampleConfig(num=80),
       eval=EvalConfig(num_samples=1000, classifier_steps=600),
-      options=dict(kind="vae", conditional=True, likelihood="gaussian",
-                   log_scale=math.log(0.2), beta=1.0, kl_warmup_steps=500),
+      autoencoder=AutoencoderSection(kind="vae", conditional=True, likelihood="gaussian",
+                                     log_scale=math.log(0.2), beta=1.0, kl_warmup_steps=500),
   )
   if variant == "smoke":
     config.data.batch_size = 16
     config.model.update(mlp_hidden=(32,), latent_channels=4)
     config.train.num_steps, config.train.warmup_steps = 4, 1
     config.train.log_every, config.train.checkpoint_every = 2, 2
-    config.options["kl_warmup_steps"] = 2
+    config.autoencoder.kl_warmup_steps = 2
     config.sample.num = 16
     config.eval.num_samples, config.eval.classifier_steps = 40, 5
   elif variant is not None:
