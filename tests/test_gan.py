@@ -56,7 +56,8 @@ def test_r1_matches_finite_differences(key):
   # Central differences along every pixel, all perturbations in one batched call.
   eps = 1e-2
   basis = np.eye(32).reshape(32, 4, 4, 2) * eps
-  shifted = np.concatenate([np.asarray(x)[None] + basis[:, None], np.asarray(x)[None] - basis[:, None]])
+  shifted = np.concatenate([np.asarray(x)[None] + basis[:, None],
+                            np.asarray(x)[None] - basis[:, None]])
   out = np.asarray(jax.jit(jax.vmap(logit_fn))(jnp.asarray(shifted)), np.float64)  # [64, 2]
   fd = np.sum(((out[:32] - out[32:]) / (2 * eps)) ** 2, axis=0)
   np.testing.assert_allclose(r1, fd, rtol=2e-3)
@@ -605,7 +606,7 @@ def style_run(tmp_path_factory):
   """The smoke config through the command line. The attribute classifier cache is seeded with
   an untrained classifier (training one is tested in test_metrics) to keep the test short."""
   import os
-  from experiments.gan import CLASSIFIER_DIR
+  from experiments.families.gan import CLASSIFIER_DIR
   from experiments.main import main
   from jaxgen import metrics as M
   workdir = str(tmp_path_factory.mktemp("stylegan_smoke"))
@@ -621,7 +622,7 @@ def style_run(tmp_path_factory):
 def test_runner_trains_samples_by_seed_and_evaluates(style_run):
   import json
   import os
-  from experiments import gan as G
+  from experiments.families import gan as G
   assert os.listdir(os.path.join(style_run, "checkpoints")) == ["4"]
   lines = [json.loads(l) for l in open(os.path.join(style_run, "metrics.jsonl"))]
   assert [l["step"] for l in lines if "fid" in l] == [2, 4]
@@ -641,12 +642,12 @@ def test_runner_trains_samples_by_seed_and_evaluates(style_run):
 
 
 def test_gan_resume_after_sigterm_is_exact(sigterm_resume):
-  """The shared loop (`experiments.loop`) on the GAN family: SIGTERM saves at the step
-  boundary and resuming gives bit-identical G, D, EMA, optimiser and path-length state."""
-  from experiments import gan as G
+  """The shared loop (`jaxgen.training.train_loop`) on the GAN family: SIGTERM saves at the
+  step boundary and resuming gives bit-identical G, D, EMA, optimiser and path-length state."""
+  from experiments.families import gan as G
   from experiments.config import apply_override, load_config
   config = load_config("experiments/configs/stylegan_shapes.py:smoke")
-  for o in ("train.checkpoint_every=100", "sample.num=0", "options.fid_every=0"):
+  for o in ("train.checkpoint_every=100", "sample.num=0", "gan.fid_every=0"):
     apply_override(config, o)
   full, _ = sigterm_resume(G.train, config, num_steps=4)
   assert "pl_mean" in full["state"].arrays()
@@ -656,85 +657,87 @@ def test_nonfinite_parameters_are_never_saved(style_run, tmp_path):
   """A diverging run (learning rate 1e30) is stopped at the first checkpoint after the
   weights went NaN/inf, before any loss is logged, and the last good checkpoint stays."""
   import shutil
-  from experiments import gan as G
+  from experiments.families import gan as G
   from experiments.config import load_config
   workdir = str(tmp_path / "diverged")
   shutil.copytree(style_run, workdir)
   config = load_config("experiments/configs/stylegan_shapes.py:smoke", [
       "train.num_steps=10", "train.log_every=100", "train.checkpoint_every=2",
-      "options.g_learning_rate=1e30", "options.d_learning_rate=1e30",
-      "options.fid_every=0", "sample.num=0"])
+      "gan.g_learning_rate=1e30", "gan.d_learning_rate=1e30",
+      "gan.fid_every=0", "sample.num=0"])
   with pytest.raises(G.NonFiniteLossError, match=r"parameters are not finite at step 6"):
     G.train(config, workdir)
-  *_, step = G.load_trained(workdir)
-  assert step == 4
+  assert G.load_trained(workdir).step == 4
 
 
 def test_tools_interpolate_invert_edit_and_errors(style_run):
   import json
   import os
-  from experiments import gan_tools as GT
-  t = GT.Trained.load(style_run)
-  path = GT.interpolate(t, [0, 1, 2], num=4, space="w")
+  from experiments.families.gan import load_trained
+  from experiments.families.gan.tools import arithmetic, interpolate, invert, measure
+  from experiments.families.gan.tools.edit import EditOptions, edit
+  t = load_trained(style_run)
+  path = interpolate.interpolate(t, [0, 1, 2], num=4, space="w")
   assert json.load(open(path[:-4] + ".json"))["space"] == "w"
-  path = GT.invert(t, test_images=[0, 1], num_steps=3, perceptual_weight=0.0)
+  path = invert.invert(t, test_images=[0, 1], num_steps=3, perceptual_weight=0.0)
   rec = json.load(open(path[:-4] + ".json"))
   assert rec["num"] == 2 and len(rec["psnr"]) == 2 and np.all(np.isfinite(rec["psnr"]))
   # another random seed writes its own files beside seed 0's (shared by every seeded command)
-  assert GT.invert(t, test_images=[0, 1], num_steps=3, perceptual_weight=0.0,
+  assert invert.invert(t, test_images=[0, 1], num_steps=3, perceptual_weight=0.0,
                    seed=2) == path[:-4] + "_seed2.png"
   assert os.path.isfile(path) and os.path.isfile(path[:-4] + "_seed2.npz")
   with pytest.raises(ValueError, match="resize them to 16x16"):
-    GT.invert_images(t, np.zeros((1, 32, 32, 3)), jax.random.key(0), num_steps=2)
-  path = GT.edit(t, "size", "large", conditions=("color",), num_latents=64, num_eval=4,
-                 seeds=[0, 1], num_m=3)
+    invert.invert_images(t, np.zeros((1, 32, 32, 3)), jax.random.key(0), num_steps=2)
+  path = edit(t, EditOptions("size", "large", conditions=("color",), num_latents=64, num_eval=4,
+                 seeds=[0, 1], num_m=3))
   rec = json.load(open(path[:-4] + ".json"))
   assert 0 <= rec["conditioned"]["changes_and_color_stays_fraction"] <= 1
   assert rec["m_units"] == "std" and rec["direction"]["sigma"] > 0
   assert 0 <= rec["unconditioned"]["monotonic_logodds"] <= 1
   with pytest.raises(ValueError, match="m_units"):
-    GT.edit(t, "size", "large", m_units="sigma")
+    edit(t, EditOptions("size", "large", m_units="sigma"))
   with pytest.raises(ValueError, match="unknown attribute 'brightness'"):
-    GT.edit(t, "brightness", "high")
+    edit(t, EditOptions("brightness", "high"))
   with pytest.raises(ValueError, match="no value 'huge'"):
-    GT.edit(t, "size", "huge")
+    edit(t, EditOptions("size", "huge"))
   with pytest.raises(ValueError, match="unknown attribute value 'purple'"):
-    GT.parse_expression("large purple circle", t.attributes)
+    arithmetic.parse_expression("large purple circle", t.attributes)
   # Layer-restricted edit: the other layers keep w, so editing no visible layer's w leaves
   # images as they are, and editing every layer equals the plain W edit.
   num_ws = t.generator.config.num_ws
-  path = GT.edit(t, "color", "blue", space="w", num_latents=64, num_eval=4, seeds=[0, 1],
-                 num_m=3, layers=[num_ws - 2, num_ws - 1])
+  path = edit(t, EditOptions("color", "blue", space="w", num_latents=64, num_eval=4, seeds=[0, 1],
+                 num_m=3, layers=[num_ws - 2, num_ws - 1]))
   rec = json.load(open(path[:-4] + ".json"))
   assert rec["layers"] == [num_ws - 2, num_ws - 1] and path.endswith(
       f"_layers{num_ws - 2}-{num_ws - 1}.png")
   w = np.asarray(t.latents(gan.latents_from_seeds([0, 1], t.z_dim), "w"))
   n = np.eye(w.shape[-1], dtype=np.float32)[0]
-  every = np.asarray(GT._edit(t, w, n, [-1.0, 2.0], "w", list(range(num_ws))))
+  every = np.asarray(measure.edited_latents(t, w, n, [-1.0, 2.0], "w", list(range(num_ws))))
   np.testing.assert_allclose(t.images(every.reshape((-1,) + every.shape[2:]), "w"),
                              t.images(np.asarray(gan.edit_latents(w, n, [-1.0, 2.0])).reshape(
                                  -1, w.shape[-1]), "w"), atol=1e-5)
-  fine = np.asarray(GT._edit(t, w, n, [3.0], "w", [num_ws - 1]))[0]
+  fine = np.asarray(measure.edited_latents(t, w, n, [3.0], "w", [num_ws - 1]))[0]
   assert np.array_equal(fine[:, :-1], np.broadcast_to(w[:, None], fine[:, :-1].shape))
   with pytest.raises(ValueError, match="W space of a style-based generator"):
-    GT.edit(t, "size", "large", space="z", layers=[0])
+    edit(t, EditOptions("size", "large", space="z", layers=[0]))
   with pytest.raises(ValueError, match=rf"distinct indices in \[0, {num_ws}\)"):
-    GT.edit(t, "size", "large", space="w", layers=[num_ws])
+    edit(t, EditOptions("size", "large", space="w", layers=[num_ws]))
   with pytest.raises(ValueError, match="bad layer list 'fine'"):
-    GT.parse_layers("fine")
-  assert GT.parse_layers("all") is None and GT.parse_layers("4-5") == [4, 5]
-  assert GT.parse_layers("auto") == "auto"
+    measure.parse_layers("fine")
+  assert measure.parse_layers("all") is None and measure.parse_layers("4-5") == [4, 5]
+  assert measure.parse_layers("auto") == "auto"
   with pytest.raises(ValueError, match="None or 'auto', got 'fine'"):
-    GT.edit(t, "size", "large", space="w", layers="fine")
+    edit(t, EditOptions("size", "large", space="w", layers="fine"))
   with pytest.raises(ValueError, match="num_select >= 1"):
-    GT.edit(t, "size", "large", space="w", layers="auto", num_select=0)
+    edit(t, EditOptions("size", "large", space="w", layers="auto", num_select=0))
 
 
 def test_measure_edits_counts_each_outcome_per_latent(style_run, monkeypatch):
   """The fractions `measure_edits` reports, on classifier outputs set by hand: four latents,
   three m. Colour class 2 is the positive one, position the condition."""
-  from experiments import gan_tools as GT
-  t = GT.Trained.load(style_run)
+  from experiments.families.gan import load_trained
+  from experiments.families.gan.tools import measure
+  t = load_trained(style_run)
   colour_path = [[0, 1, 2],   # rises and flips, position stays
                  [0, 1, 2],   # rises and flips, position moves at the last m
                  [0, 1, 1],   # changes but never reaches class 2, position stays
@@ -748,12 +751,12 @@ def test_measure_edits_counts_each_outcome_per_latent(style_run, monkeypatch):
     scale = np.tile(np.broadcast_to(np.float32(scale), paths.shape[:1]), paths.shape[1])
     return scale[:, None] * np.eye(k, dtype=np.float32)[paths.T.reshape(-1)]
 
-  monkeypatch.setattr(GT, "classifier_logits", lambda t, images: {
+  monkeypatch.setattr(t, "classifier_logits", lambda images: {
       "color": one_hot_logits(colour_path, 4),
       "position": one_hot_logits(position_path, 9, position_scale)})
   w = np.asarray(t.latents(gan.latents_from_seeds(range(4), t.z_dim), "w"))
   n = np.eye(w.shape[-1], dtype=np.float32)[0]
-  r, _ = GT.measure_edits(t, n, w, np.array([-1.0, 0.0, 1.0]), "color", [2], space="w",
+  r, _ = measure.measure_edits(t, n, w, np.array([-1.0, 0.0, 1.0]), "color", [2], space="w",
                           conditions=("position",))
   assert r["monotonic_and_flips_tol_0.001"] == 0.5  # latents 0, 1
   assert r["target_changes_fraction"] == 0.75  # latents 0, 1, 2
@@ -772,21 +775,21 @@ def test_measure_edits_counts_each_outcome_per_latent(style_run, monkeypatch):
   # an unsure position (probability e / (e + 8) = 0.25) has no class to keep: latent 1, the
   # one whose position moves, is not judged; latents 0 and 2 of the other three change
   position_scale = [10.0, 1.0, 10.0, 10.0]
-  r, _ = GT.measure_edits(t, n, w, np.array([-1.0, 0.0, 1.0]), "color", [2], space="w",
+  r, _ = measure.measure_edits(t, n, w, np.array([-1.0, 0.0, 1.0]), "color", [2], space="w",
                           conditions=("position",))
   assert r["position_confident_fraction"] == 0.75
   assert r["position_stays_given_confident_fraction"] == 1.0
   assert r["changes_and_position_stays_given_confident_fraction"] == 2 / 3
   assert r["position_stays_fraction"] == 0.75  # the all-latent reading is unchanged
   position_scale = 1.0  # none definite: nothing to judge
-  r, _ = GT.measure_edits(t, n, w, np.array([-1.0, 0.0, 1.0]), "color", [2], space="w",
+  r, _ = measure.measure_edits(t, n, w, np.array([-1.0, 0.0, 1.0]), "color", [2], space="w",
                           conditions=("position",))
   assert r["position_confident_fraction"] == 0.0
   assert r["position_stays_given_confident_fraction"] is None
   position_scale = 10.0
   # a latent whose class never changes is monotonic but does not count
   colour_path, position_path = [[2, 2, 2], [0, 1, 2]], [[4, 4, 4], [4, 4, 4]]
-  r, _ = GT.measure_edits(t, n, w[:2], np.array([-1.0, 0.0, 1.0]), "color", [2], space="w",
+  r, _ = measure.measure_edits(t, n, w[:2], np.array([-1.0, 0.0, 1.0]), "color", [2], space="w",
                           conditions=("position",))
   assert r["monotonic_logodds"] == 1.0 and r["logodds_rises_and_changes"] == 0.5
 
@@ -795,39 +798,41 @@ def test_layerwise_fit_labels_mixed_images_and_edits_inside_its_layers(style_run
   """`edit_labels(fit_layers=)` labels images whose fit layers take an independent w and
   returns that w; `edit(fit_layers=)` edits those layers (or a range inside them)."""
   import json
-  from experiments import gan_tools as GT
-  t = GT.Trained.load(style_run)
+  from experiments.families.gan import load_trained
+  from experiments.families.gan.tools import fit
+  from experiments.families.gan.tools.edit import EditOptions, edit
+  t = load_trained(style_run)
   num_ws = t.generator.config.num_ws
-  base, _ = GT.edit_labels(t, 16, space="w")
-  w_layers, logits = GT.edit_labels(t, 16, space="w", fit_layers=[1])
+  base, _ = fit.edit_labels(t, 16, space="w")
+  w_layers, logits = fit.edit_labels(t, 16, space="w", fit_layers=[1])
   assert w_layers.shape == base.shape and not np.allclose(w_layers, base)
-  expect = GT.classifier_logits(t, t.images(
+  expect = t.classifier_logits(t.images(
       gan.layerwise_ws(base, w_layers, gan.layer_mask(num_ws, [1])), "w"))
   for k in expect:
     np.testing.assert_allclose(logits[k], expect[k], atol=1e-5)
   # every layer mixed: the labels are those of the w_layers' own images
-  w_all, logits_all = GT.edit_labels(t, 16, space="w", fit_layers=list(range(num_ws)))
+  w_all, logits_all = fit.edit_labels(t, 16, space="w", fit_layers=list(range(num_ws)))
   np.testing.assert_array_equal(w_all, w_layers)
-  np.testing.assert_allclose(logits_all["color"], GT.classifier_logits(
-      t, t.images(w_layers, "w"))["color"], atol=1e-4)
+  np.testing.assert_allclose(logits_all["color"], t.classifier_logits(
+      t.images(w_layers, "w"))["color"], atol=1e-4)
   fine = [num_ws - 2, num_ws - 1]
-  path = GT.edit(t, "color", "blue", space="w", num_latents=64, num_eval=4, seeds=[0],
-                 num_m=3, fit_layers=fine)
+  path = edit(t, EditOptions("color", "blue", space="w", num_latents=64, num_eval=4, seeds=[0],
+                 num_m=3, fit_layers=fine))
   rec = json.load(open(path[:-4] + ".json"))
   assert rec["layers"] == fine and rec["fit_layers"] == fine
   assert path.endswith(f"_layers{fine[0]}-{fine[1]}_fit{fine[0]}-{fine[1]}.png")
-  path = GT.edit(t, "color", "blue", conditions=("position",), space="w", num_latents=64,
+  path = edit(t, EditOptions("color", "blue", conditions=("position",), space="w", num_latents=64,
                  num_eval=4, seeds=[0], num_m=3, layers="auto", num_select=4,
-                 fit_layers=[1, 2])
+                 fit_layers=[1, 2]))
   rec = json.load(open(path[:-4] + ".json"))
   assert [row["layers"] for row in rec["layer_selection"]] == [[1], [2], [1, 2]]
   assert rec["layers"] in ([1], [2], [1, 2]) and rec["fit_layers"] == [1, 2]
   with pytest.raises(ValueError, match=r"must lie inside fit_layers \[1, 2\]"):
-    GT.edit(t, "color", "blue", space="w", layers=[0, 1], fit_layers=[1, 2])
+    edit(t, EditOptions("color", "blue", space="w", layers=[0, 1], fit_layers=[1, 2]))
   with pytest.raises(ValueError, match="W space of a style-based generator"):
-    GT.edit(t, "color", "blue", space="z", fit_layers=[1])
+    edit(t, EditOptions("color", "blue", space="z", fit_layers=[1]))
   with pytest.raises(ValueError, match="fit_layers must be a list"):
-    GT.edit(t, "color", "blue", space="w", fit_layers="auto")
+    edit(t, EditOptions("color", "blue", space="w", fit_layers="auto"))
 
 
 def test_select_layers_scores_every_contiguous_range(style_run):
@@ -835,16 +840,18 @@ def test_select_layers_scores_every_contiguous_range(style_run):
   returns the best-scoring one (shortest, then earliest, on ties); `edit(layers='auto')`
   records the choice and the table."""
   import json
-  from experiments import gan_tools as GT
-  t = GT.Trained.load(style_run)
+  from experiments.families.gan import load_trained
+  from experiments.families.gan.tools import measure
+  from experiments.families.gan.tools.edit import EditOptions, edit
+  t = load_trained(style_run)
   num_ws = t.generator.config.num_ws
-  assert GT.layer_ranges(3) == [[0], [1], [2], [0, 1], [1, 2], [0, 1, 2]]
-  assert len(GT.layer_ranges(num_ws)) == num_ws * (num_ws + 1) // 2
+  assert measure.layer_ranges(3) == [[0], [1], [2], [0, 1], [1, 2], [0, 1, 2]]
+  assert len(measure.layer_ranges(num_ws)) == num_ws * (num_ws + 1) // 2
   w = np.asarray(t.latents(gan.latents_from_seeds(range(6), t.z_dim), "w"))
   n = np.eye(w.shape[-1], dtype=np.float32)[1]
   ms = np.linspace(-3, 3, 13)
-  best, table = GT.select_layers(t, n, w, ms, "color", [2], conditions=("position",))
-  assert [row["layers"] for row in table] == GT.layer_ranges(num_ws)
+  best, table = measure.select_layers(t, n, w, ms, "color", [2], conditions=("position",))
+  assert [row["layers"] for row in table] == measure.layer_ranges(num_ws)
   for row in table:
     assert row["score"] == row["rises_flips_and_position_stays_fraction"]
     assert row["score"] <= min(row["monotonic_and_flips_tol_0.001"],
@@ -853,24 +860,26 @@ def test_select_layers_scores_every_contiguous_range(style_run):
   first = next(row for row in table if row["score"] == top)  # table is shortest-first
   assert best == first["layers"]
   # Without conditions the score is "P rises & flips" (tolerance 0.001).
-  _, table = GT.select_layers(t, n, w, ms, "color", [2])
+  _, table = measure.select_layers(t, n, w, ms, "color", [2])
   assert all(row["score"] == row["monotonic_and_flips_tol_0.001"] for row in table)
-  path = GT.edit(t, "color", "blue", conditions=("position",), space="w", num_latents=64,
-                 num_eval=4, seeds=[0], num_m=3, layers="auto", num_select=4)
+  path = edit(t, EditOptions("color", "blue", conditions=("position",), space="w", num_latents=64,
+                 num_eval=4, seeds=[0], num_m=3, layers="auto", num_select=4))
   rec = json.load(open(path[:-4] + ".json"))
   assert rec["layers_selected"] == "auto" and rec["num_select"] == 4
-  assert rec["layers"] in GT.layer_ranges(num_ws) and len(rec["layer_selection"]) == len(
-      GT.layer_ranges(num_ws)) and path.endswith("_auto.png")
+  assert rec["layers"] in measure.layer_ranges(num_ws) and len(rec["layer_selection"]) == len(
+      measure.layer_ranges(num_ws)) and path.endswith("_auto.png")
 
 
 def test_grid_axes_and_axis_conditioned_edit(style_run):
   """`grid_axes` reads the 3x3 position grid's column and row sides from the value names;
   `edit(condition_mode='axes')` projects exactly those two SVM directions out."""
   import json
-  from experiments import gan_tools as GT
-  t = GT.Trained.load(style_run)
+  from experiments.families.gan import load_trained
+  from experiments.families.gan.tools import fit
+  from experiments.families.gan.tools.edit import EditOptions, edit
+  t = load_trained(style_run)
   names = t.attributes["position"]
-  axes = GT.grid_axes(names)
+  axes = fit.grid_axes(names)
   assert [a[0] for a in axes] == ["column", "row"]
   (_, right, left), (_, bottom, top) = axes
   assert [names[i] for i in right] == ["top right", "right", "bottom right"]
@@ -878,18 +887,18 @@ def test_grid_axes_and_axis_conditioned_edit(style_run):
   assert [names[i] for i in bottom] == ["bottom left", "bottom", "bottom right"]
   assert [names[i] for i in top] == ["top left", "top", "top right"]
   with pytest.raises(ValueError, match="do not name the cells of a grid"):
-    GT.grid_axes(t.attributes["color"])
+    fit.grid_axes(t.attributes["color"])
   with pytest.raises(ValueError, match="do not name the cells of a grid"):
-    GT.grid_axes(["left", "right"])  # no row axis
-  labelled = GT.edit_labels(t, 64, space="w")
-  path = GT.edit(t, "color", "red", "blue", conditions=("position",), space="w",
-                 num_latents=64, num_eval=4, seeds=[0], num_m=3, labelled=labelled,
-                 condition_mode="axes")
+    fit.grid_axes(["left", "right"])  # no row axis
+  labelled = fit.edit_labels(t, 64, space="w")
+  path = edit(t, EditOptions("color", "red", "blue", conditions=("position",), space="w",
+                 num_latents=64, num_eval=4, seeds=[0], num_m=3,
+                 condition_mode="axes"), labelled=labelled)
   rec = json.load(open(path[:-4] + ".json"))
   assert rec["condition_mode"] == "axes" and path.endswith("_cond-position-axes.png")
   n = np.load(path[:-4] + "_direction.npy")
-  primary, _ = GT.fit_direction(t, "color", "red", "blue", space="w", labelled=labelled)
-  dirs = [GT.fit_direction(t, "position", p, q, space="w", labelled=labelled)[0]
+  primary, _ = fit.fit_direction(t, "color", "red", "blue", space="w", labelled=labelled)
+  dirs = [fit.fit_direction(t, "position", p, q, space="w", labelled=labelled)[0]
           for _, p, q in axes]
   np.testing.assert_allclose(np.linalg.norm(n), 1.0, atol=1e-5)
   np.testing.assert_allclose([float(np.dot(n, d)) for d in dirs], 0.0, atol=1e-5)
@@ -899,9 +908,9 @@ def test_grid_axes_and_axis_conditioned_edit(style_run):
                                                       rcond=None)[0]
   np.testing.assert_allclose(n, expect / np.linalg.norm(expect), atol=1e-4)
   with pytest.raises(ValueError, match="condition_mode must be"):
-    GT.edit(t, "color", "red", conditions=("position",), condition_mode="cells")
+    edit(t, EditOptions("color", "red", conditions=("position",), condition_mode="cells"))
   with pytest.raises(ValueError, match="do not name the cells of a grid"):
-    GT.edit(t, "size", "large", conditions=("color",), condition_mode="axes")
+    edit(t, EditOptions("size", "large", conditions=("color",), condition_mode="axes"))
 
 
 def test_edit_of_another_labelled_seed_keeps_seed_zero_files(style_run):
@@ -909,12 +918,13 @@ def test_edit_of_another_labelled_seed_keeps_seed_zero_files(style_run):
   overwriting seed 0's grid, record and direction."""
   import json
   import os
-  from experiments import gan_tools as GT
-  t = GT.Trained.load(style_run)
+  from experiments.families.gan import load_trained
+  from experiments.families.gan.tools.edit import EditOptions, edit
+  t = load_trained(style_run)
   kw = dict(space="w", num_latents=32, num_eval=2, seeds=[0], num_m=3)
-  p0 = GT.edit(t, "size", "large", **kw)
+  p0 = edit(t, EditOptions("size", "large", **kw))
   n0 = np.load(p0[:-4] + "_direction.npy")
-  p1 = GT.edit(t, "size", "large", seed=1, **kw)
+  p1 = edit(t, EditOptions("size", "large", seed=1, **kw))
   assert p1 == p0[:-4] + "_seed1.png" and os.path.isfile(p1) and os.path.isfile(p0)
   # seed 0's direction file is untouched, and the two labelled sets give two directions
   np.testing.assert_array_equal(np.load(p0[:-4] + "_direction.npy"), n0)
@@ -928,18 +938,19 @@ def test_truncated_edit_protocol_samples_every_latent_truncated(style_run):
   of m sigma on them equals truncating the untruncated edit, and the outputs carry the psi."""
   import json
   import os
-  from experiments import gan_acceptance
-  from experiments import gan_tools as GT
-  t = GT.Trained.load(style_run)
+  from experiments.families.gan import load_trained
+  from experiments.families.gan.tools import directions, fit
+  from experiments.families.gan.tools.edit import EditOptions, edit
+  t = load_trained(style_run)
   w_avg = np.asarray(t.latents(np.zeros((1, t.z_dim), np.float32), "w", 0.0))[0]
-  lat, _ = GT.edit_labels(t, 16, space="w")
-  lat_t, logits_t = GT.edit_labels(t, 16, space="w", psi=0.5)
+  lat, _ = fit.edit_labels(t, 16, space="w")
+  lat_t, logits_t = fit.edit_labels(t, 16, space="w", psi=0.5)
   np.testing.assert_allclose(lat_t, w_avg + 0.5 * (lat - w_avg), rtol=1e-5, atol=1e-5)
   # the plain set's labels are those of the truncated latents' own images
-  np.testing.assert_allclose(logits_t["color"], GT.classifier_logits(
-      t, t.images(lat_t, "w"))["color"], atol=1e-4)
-  w_layers, _ = GT.edit_labels(t, 16, space="w", fit_layers=[1])
-  w_layers_t, _ = GT.edit_labels(t, 16, space="w", fit_layers=[1], psi=0.5)
+  np.testing.assert_allclose(logits_t["color"], t.classifier_logits(
+      t.images(lat_t, "w"))["color"], atol=1e-4)
+  w_layers, _ = fit.edit_labels(t, 16, space="w", fit_layers=[1])
+  w_layers_t, _ = fit.edit_labels(t, 16, space="w", fit_layers=[1], psi=0.5)
   np.testing.assert_allclose(w_layers_t, w_avg + 0.5 * (w_layers - w_avg), rtol=1e-5, atol=1e-5)
   # m in std units of the sampled latents: the same edit as InterFaceGAN's order (edit the
   # untruncated w by m sigma_untruncated, then truncate), since truncation is affine
@@ -951,29 +962,31 @@ def test_truncated_edit_protocol_samples_every_latent_truncated(style_run):
   np.testing.assert_allclose(
       gan.edit_latents(lat_t, n, ms * sigma_t),
       gan.truncate(gan.edit_latents(lat, n, ms * sigma), w_avg, 0.5), rtol=1e-4, atol=1e-5)
-  path = GT.edit(t, "size", "large", space="w", num_latents=32, num_eval=2, seeds=[0],
-                 num_m=3, truncation_psi=0.5)
+  path = edit(t, EditOptions("size", "large", space="w", num_latents=32, num_eval=2, seeds=[0],
+                 num_m=3, truncation_psi=0.5))
   assert path.endswith("_psi0.5.png") and os.path.isfile(path)
   assert json.load(open(path[:-4] + ".json"))["truncation_psi"] == 0.5
-  rows = gan_acceptance.run(style_run, num_latents=64, num_eval=4, num_select=4,
+  rows = directions.measure_directions(style_run, num_latents=64, num_eval=4, num_select=4,
                             match="[axes]", truncation_psi=0.5)
-  saved = json.load(open(os.path.join(style_run, "edits", "acceptance-axes-psi0.5.json")))
+  saved = json.load(open(os.path.join(style_run, "edits", "directions-axes-psi0.5.json")))
   assert saved["truncation_psi"] == 0.5 and len(rows) == 2
   assert all("_psi0.5" in r["grid"] for r in rows)
   with pytest.raises(ValueError, match=r"truncation_psi must be in \[0, 1\]"):
-    GT.edit(t, "size", "large", space="w", truncation_psi=1.5)
+    edit(t, EditOptions("size", "large", space="w", truncation_psi=1.5))
   with pytest.raises(ValueError, match="truncation_psi=0.7 needs the W space"):
-    GT.edit(t, "size", "large", space="z", truncation_psi=0.7)
+    edit(t, EditOptions("size", "large", space="z", truncation_psi=0.7))
   with pytest.raises(ValueError, match=r"truncation_psi must be in \[0, 1\]"):
-    gan_acceptance.run(style_run, truncation_psi=-0.1)
+    directions.measure_directions(style_run, truncation_psi=-0.1)
 
 
-def test_acceptance_protocol_writes_every_row(style_run):
+def test_directions_table_writes_every_row(style_run):
   import json
   import os
-  from experiments import gan_acceptance, gan_tools
-  rows = gan_acceptance.run(style_run, num_latents=64, num_eval=4, num_select=4)
-  assert len(rows) == 2 * len(gan_acceptance.DIRECTIONS)
+  from experiments.families.gan import load_trained
+  from experiments.families.gan.tools import directions, fit, measure
+  from experiments.families.gan.tools.edit import EditOptions, edit
+  rows = directions.measure_directions(style_run, num_latents=64, num_eval=4, num_select=4)
+  assert len(rows) == 2 * len(directions.DIRECTIONS)
   for r in rows:
     for k in ("monotonic_logodds", "changes", "stays", "both", "monotonic_and_flips_tol_0"):
       assert 0 <= r[k] <= 1, (r, k)
@@ -991,12 +1004,12 @@ def test_acceptance_protocol_writes_every_row(style_run):
     # a stricter tolerance can only count fewer latents
     assert (r["monotonic_and_flips_tol_0"] <= r["monotonic_and_flips_tol_0.001"]
             <= r["monotonic_and_flips_tol_0.01"])
-  num_ws = gan_tools.Trained.load(style_run).generator.config.num_ws
+  num_ws = load_trained(style_run).generator.config.num_ws
   assert {tuple(r["layer_indices"] or ()) for r in rows if r["layers"] != "auto"} == {
       (), (num_ws - 2, num_ws - 1), (0, 1)}
   for r in rows:
     if r["layers"] == "auto":  # a contiguous range, the same for both variants of a direction
-      assert r["layer_indices"] in gan_tools.layer_ranges(num_ws)
+      assert r["layer_indices"] in measure.layer_ranges(num_ws)
   auto = [r for r in rows if r["layers"] == "auto"]
   assert len(auto) == 12 and all(a["layer_indices"] == b["layer_indices"]
                                  for a, b in zip(auto[::2], auto[1::2]))
@@ -1005,86 +1018,141 @@ def test_acceptance_protocol_writes_every_row(style_run):
   assert len(fitted) == 6 and all(r["fit_layers"] == "not-coarse" and r["layers"] == "auto"
                                   and set(r["layer_indices"]) <= set(range(2, num_ws))
                                   for r in fitted)
-  assert "[fit not-coarse]" in gan_acceptance.table(rows)
+  assert "[fit not-coarse]" in directions.table(rows)
   # one conditioned row projects out position's two grid axes instead of its nine cells
   axes = [r for r in rows if r["condition_mode"] == "axes"]
   assert len(axes) == 1 and axes[0]["condition"] == "position" and axes[0]["fit_layers"]
-  assert gan_acceptance.table(rows).count("[axes]") == 1
+  assert directions.table(rows).count("[axes]") == 1
   assert {r["condition_mode"] for r in rows if r["condition"]} == {"one-vs-rest", "axes"}
-  saved = json.load(open(os.path.join(style_run, "edits", "acceptance.json")))
+  saved = json.load(open(os.path.join(style_run, "edits", "directions.json")))
   assert saved["rows"] == json.loads(json.dumps(rows)) and saved["checkpoint_step"] == 4
-  assert gan_acceptance.table(rows).count("\n") == len(rows) + 1
-  # the registered rules read the rows this protocol writes (experiments.gan_rule)
-  from experiments import gan_rule
-  verdict = gan_rule.judge([saved], "session18", truncation_psi=1.0, step=4)
+  assert directions.table(rows).count("\n") == len(rows) + 1
+  # one unconditioned layer-wise blue row and one position-conditioned red-vs-blue row
   blue = [r for r in rows if r["direction"] == "colour blue vs rest" and r["condition"] is None
           and r["fit_layers"] == "not-coarse"]
   red = [r for r in rows if r["direction"] == "colour red vs blue" and r["condition"] == "position"
          and r["fit_layers"] == "not-coarse" and r["condition_mode"] == "one-vs-rest"]
   assert len(blue) == len(red) == 1
-  assert [g["value"] for g in verdict["readings"]] == [
-      blue[0]["logodds_rises_unsaturated_and_flips"], red[0]["both"]]
-  assert verdict["pass"] == (blue[0]["logodds_rises_unsaturated_and_flips"] >= 0.9
-                             and red[0]["both"] >= 0.8)
-  # --match runs a subset, into a file of its own (the whole protocol's stays as it was)
-  part = gan_acceptance.run(style_run, num_latents=64, num_eval=4, num_select=4,
+  # --match runs a subset, into a file of its own (the whole table's stays as it was)
+  part = directions.measure_directions(style_run, num_latents=64, num_eval=4, num_select=4,
                             match="[axes]")
   def untimed(rs):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
   assert untimed(part) == untimed(rows[-2:]) and part[1]["condition_mode"] == "axes"
-  sub = json.load(open(os.path.join(style_run, "edits", "acceptance-axes.json")))
+  sub = json.load(open(os.path.join(style_run, "edits", "directions-axes.json")))
   assert sub["match"] == "[axes]" and sub["rows"] == json.loads(json.dumps(part))
-  assert json.load(open(os.path.join(style_run, "edits", "acceptance.json"))) == saved
-  part = gan_acceptance.run(style_run, num_latents=64, num_eval=4, num_select=4,
+  assert json.load(open(os.path.join(style_run, "edits", "directions.json"))) == saved
+  part = directions.measure_directions(style_run, num_latents=64, num_eval=4, num_select=4,
                             match="[axes]", seed=1)
-  assert os.path.exists(os.path.join(style_run, "edits", "acceptance-axes-seed1.json"))
-  assert json.load(open(os.path.join(style_run, "edits", "acceptance-axes.json")))["seed"] == 0
+  assert os.path.exists(os.path.join(style_run, "edits", "directions-axes-seed1.json"))
+  assert json.load(open(os.path.join(style_run, "edits", "directions-axes.json")))["seed"] == 0
   with pytest.raises(ValueError,
                      match=r"(?s)no direction matches 'hue'.*\[fit not-coarse\] \[axes\]"):
-    gan_acceptance.run(style_run, match="hue")
+    directions.measure_directions(style_run, match="hue")
   # The shared labelled set is the one a standalone edit draws for the same seed.
-  _, attribute, positive, negative, condition, _ = gan_acceptance.DIRECTIONS[0]
-  path = gan_tools.edit(gan_tools.Trained.load(style_run), attribute, positive, negative,
-                        conditions=(condition,), space="w", num_latents=64, num_eval=4)
+  _, attribute, positive, negative, condition, _ = directions.DIRECTIONS[0]
+  path = edit(load_trained(style_run), EditOptions(attribute, positive, negative,
+                        conditions=(condition,), space="w", num_latents=64, num_eval=4))
   alone = json.load(open(path[:-4] + ".json"))["conditioned"]
   assert alone["monotonic_logodds"] == rows[1]["monotonic_logodds"]
   assert alone[f"changes_and_{condition}_stays_fraction"] == rows[1]["both"]
-  t = gan_tools.Trained.load(style_run)
+  t = load_trained(style_run)
   with pytest.raises(ValueError, match="labelled latents must be"):
-    gan_tools.edit(t, "size", "large", space="w", num_latents=64,
-                   labelled=gan_tools.edit_labels(t, 32, space="w"))
+    edit(t, EditOptions("size", "large", space="w", num_latents=64),
+         labelled=fit.edit_labels(t, 32, space="w"))
 
 
 def test_configs_build():
-  from experiments import gan as G
-  from experiments.config import load_config
+  import dataclasses
+  from experiments.config import ConfigError, load_config
+  from experiments.families import gan as G
+  from experiments.families.gan.model import build_models
   for name, shape in (("dcgan_digits", (8, 8, 1)), ("stylegan_shapes", (16, 16, 3))):
     config = load_config(f"experiments/configs/{name}.py")
-    assert config.family == "gan"
-    g, d = G.build_models(config, shape)
+    assert config.family == "gan" and isinstance(config, G.GANConfig)
+    g, d = build_models(config, shape)
     z = jnp.zeros((2, gan.generator_z_dim(g)))
     variables = jax.eval_shape(lambda k: g.init({"params": k}, z), jax.random.key(0))
     assert jax.eval_shape(lambda v: g.apply(v, z), variables).shape == (2,) + shape
     with pytest.raises(ValueError, match="unknown variant"):
       load_config(f"experiments/configs/{name}.py:tiny")
+    # run.json and config.json record only the GAN family's sections
+    assert set(config.to_dict()) == {"name", "family", "seed", "data", "model", "gan", "train",
+                                     "sample", "eval"}
   # the named recipe is exactly the documented overrides of `regularized`
   late = load_config("experiments/configs/stylegan_shapes.py:late_norm")
   overridden = load_config("experiments/configs/stylegan_shapes.py:regularized",
-                           ["options.r1_gamma=1.0", "model.instance_norm=(4, 5)"])
+                           ["gan.r1_gamma=1.0", "model.instance_norm=(4, 5)"])
   assert late.to_dict() == overridden.to_dict()
-  assert (late.model["style_mixing_prob"], late.options["pl_weight"], late.train.num_steps,
-          late.model["instance_norm"], late.options["r1_gamma"]) == (0.9, 2.0, 30_000, (4, 5), 1.0)
+  assert (late.model["style_mixing_prob"], late.gan.pl_weight, late.train.num_steps,
+          late.model["instance_norm"], late.gan.r1_gamma) == (0.9, 2.0, 30_000, (4, 5), 1.0)
   regularized = load_config("experiments/configs/stylegan_shapes.py:regularized")
   assert late.to_dict() != regularized.to_dict()
   fourier = load_config("experiments/configs/stylegan_shapes.py:late_norm_fourier")
   assert fourier.to_dict() == load_config("experiments/configs/stylegan_shapes.py:late_norm",
                                           ["model.synthesis_input='fourier'"]).to_dict()
-  config = load_config("experiments/configs/dcgan_digits.py:smoke", ["options.loss='wgan'"])
+  # a loss outside the choices fails when the config is read, naming them; a config changed
+  # by hand afterwards still fails before anything is built
+  with pytest.raises(ConfigError, match=r"gan.loss='wgan': expected one of \['minimax', "
+                                        r"'nonsaturating', 'hinge'\]"):
+    load_config("experiments/configs/dcgan_digits.py:smoke", ["gan.loss='wgan'"])
+  config = load_config("experiments/configs/dcgan_digits.py:smoke")
+  config.gan.loss = "wgan"
   with pytest.raises(ValueError, match="unknown GAN loss 'wgan'"):
     G.train(config, "/tmp/never-created-gan-workdir")
-  config = load_config("experiments/configs/dcgan_digits.py:smoke", ["options.pl_weight=2.0"])
+  with pytest.raises(ValueError, match="needs model.arch='stylegan'"):
+    load_config("experiments/configs/dcgan_digits.py:smoke", ["gan.pl_weight=2.0"])
+  config = load_config("experiments/configs/dcgan_digits.py:smoke")
+  config.gan = dataclasses.replace(config.gan, pl_weight=2.0)
   with pytest.raises(ValueError, match="needs model.arch='stylegan'"):
     G.train(config, "/tmp/never-created-gan-workdir")
+
+
+def test_a_misspelt_or_misplaced_key_fails_naming_it():
+  """Every section is typed: a misspelt key names itself and lists the allowed ones, before
+  anything is built; the model section takes only its architecture's keys."""
+  from experiments.config import ConfigError, load_config
+  from experiments.main import main
+  with pytest.raises(ConfigError, match=r"unknown field gan.r1_gama.*'r1_gamma'"):
+    main(["train", "--config", "experiments/configs/stylegan_shapes.py:smoke",
+          "--workdir", "/tmp/never-created-gan-workdir", "--set", "gan.r1_gama=1"])
+  with pytest.raises(ConfigError, match=r"gan.fid_every='often': expected an int"):
+    load_config("experiments/configs/stylegan_shapes.py:smoke", ["gan.fid_every=often"])
+  with pytest.raises(ConfigError, match=r"unknown field model.w_dimm.*'w_dim'"):
+    load_config("experiments/configs/stylegan_shapes.py:smoke", ["model.w_dimm=8"])
+  with pytest.raises(ConfigError, match=r"model.w_dim does not apply to model.arch='dcgan'"):
+    load_config("experiments/configs/dcgan_digits.py:smoke", ["model.w_dim=8"])
+  with pytest.raises(ConfigError, match=r"unknown field model.generator.featurs.*'features'"):
+    load_config("experiments/configs/dcgan_digits.py:smoke",
+                ["model.generator={'featurs': 8}"])
+  with pytest.raises(ConfigError, match=r"model.generator.norm='layer': expected one of"):
+    load_config("experiments/configs/dcgan_digits.py:smoke",
+                ["model.generator={'norm': 'layer'}"])
+  with pytest.raises(ConfigError, match=r"unknown field train.learning_rate"):
+    load_config("experiments/configs/dcgan_digits.py:smoke", ["train.learning_rate=1e-3"])
+
+
+def test_tool_commands_run_through_the_runner(style_run, capsys):
+  """The tools are commands of `experiments.main` with their flags; each prints its output's
+  path and record (the directions table: markdown)."""
+  import json
+  import os
+  from experiments.main import main
+  assert main(["edit", "--workdir", style_run, "--attribute", "color", "--positive", "blue",
+               "--space", "w", "--num-latents", "32", "--num-eval", "2", "--seeds", "0",
+               "--layers", "4-5"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["output"].endswith("edit_color_blue_w_layers4-5.png") and out["layers"] == [4, 5]
+  assert os.path.isfile(out["output"][:-4] + ".run.json")
+  assert main(["interpolate", "--workdir", style_run, "--seeds", "0-1", "--num", "3"]) == 0
+  assert json.loads(capsys.readouterr().out)["num"] == 3
+  assert main(["directions", "--workdir", style_run, "--num-latents", "64", "--num-eval", "2",
+               "--num-select", "2", "--match", "[coarse]"]) == 0
+  table = capsys.readouterr().out
+  assert table.startswith("| direction") and table.count("[coarse [0, 1]]") == 2
+  assert os.path.isfile(os.path.join(style_run, "edits", "directions-coarse.json"))
+  with pytest.raises(SystemExit):
+    main(["edit", "--workdir", style_run])  # --attribute and --positive are required
 
 
 # --- path-length regularisation and style mixing ----------------------------------------
@@ -1205,80 +1273,42 @@ def test_pl_needs_a_style_generator_and_its_state(dcgan_state, style_pl_state):
     StyleGANConfig(style_mixing_prob=1.5)
 
 
-def _rule_rows(unsat_blue, both_red, strict_red):
-  """The two rows the registered rules read, as `gan_acceptance.run` writes them."""
-  common = {"layers": "auto", "fit_layers": "not-coarse", "layer_indices": [2, 3]}
-  return [
-      {"direction": "colour blue vs rest", "condition": None, "condition_mode": None,
-       "logodds_rises_unsaturated_and_flips": unsat_blue, **common},
-      {"direction": "colour blue vs rest", "condition": "position",
-       "condition_mode": "one-vs-rest", "logodds_rises_unsaturated_and_flips": 1.0, **common},
-      {"direction": "colour red vs blue", "condition": "position",
-       "condition_mode": "one-vs-rest", "both": both_red,
-       "logodds_rises_and_changes": strict_red, **common},
-      {"direction": "colour red vs blue", "condition": "position", "condition_mode": "axes",
-       "both": 1.0, "logodds_rises_and_changes": 1.0, **common}]
-
-
-def test_registered_rule_passes_only_when_every_bar_holds_on_every_set():
-  from experiments import gan_rule
-  def result(seed, *values):
-    return {"truncation_psi": 0.7, "checkpoint_step": 30000, "seed": seed, "num_eval": 400,
-            "rows": _rule_rows(*values)}
-  good, edge = result(0, 0.95, 0.85, 0.5), result(1, 0.90, 0.80, 0.95)
-  v = gan_rule.judge([good, edge])
-  assert v["pass"] and [r["value"] for r in v["readings"]] == [0.95, 0.85, 0.90, 0.80]
-  # one bar just under on one set is a miss; the other rows (axes, conditioned blue) are not read
-  assert not gan_rule.judge([good, result(1, 0.899, 0.99, 1.0)])["pass"]
-  assert not gan_rule.judge([good, result(1, 0.99, 0.799, 1.0)])["pass"]
-  # session 14's strict rule reads the conditioned red-vs-blue row's two columns
-  assert not gan_rule.judge([good, edge], "session14")["pass"]  # strict 0.5 on set 0
-  assert gan_rule.judge([result(0, 0.0, 0.8, 0.9)], "session14")["pass"]
-  with pytest.raises(ValueError, match="truncation psi 1.0; the rule was registered at 0.7"):
-    gan_rule.judge([{**good, "truncation_psi": 1.0}])
-  with pytest.raises(ValueError, match="checkpoint step 29000; the rule is read at step 30000"):
-    gan_rule.judge([{**good, "checkpoint_step": 29000}])
-  with pytest.raises(ValueError, match="expected exactly one row for 'bar 1.*found 0"):
-    gan_rule.judge([{**good, "rows": good["rows"][2:]}])
-  with pytest.raises(ValueError, match="unknown rule 'session99'"):
-    gan_rule.judge([good], "session99")
-
-
 def test_count_objects_on_real_shapes_and_drawn_blobs():
   """Every real `shapes` image holds one object; two separate squares count two, touching
   diagonally they are one region (8-connectivity), a black image none."""
-  from experiments import gan_tools
+  from experiments.families.gan.tools import objects
   from jaxgen.data.shapes import make_shapes
   real = make_shapes(400, 16, 3)["image"].astype(np.float32) / 127.5 - 1.0
-  assert (gan_tools.count_objects(real) == 1).all()
+  assert (objects.count_objects(real) == 1).all()
   img = -np.ones((3, 16, 16, 3), np.float32)
   img[0, 2:5, 2:5, 0] = img[0, 10:13, 9:12, 2] = 1.0  # a red and a blue square, apart
   img[1, 2:5, 2:5, 1] = img[1, 5:8, 5:8, 1] = 1.0  # two squares touching at a corner
-  np.testing.assert_array_equal(gan_tools.count_objects(img), [2, 1, 0])
+  np.testing.assert_array_equal(objects.count_objects(img), [2, 1, 0])
   # a faint region below the threshold is not an object
   img[2, 4:8, 4:8] = -0.6  # brightness 0.2
-  assert gan_tools.count_objects(img[2:])[0] == 0
-  assert gan_tools.count_objects(img[2:], threshold=0.15)[0] == 1
+  assert objects.count_objects(img[2:])[0] == 0
+  assert objects.count_objects(img[2:], threshold=0.15)[0] == 1
   with pytest.raises(ValueError, match=r"images must be \[N, H, W, C\]"):
-    gan_tools.count_objects(img[0])
+    objects.count_objects(img[0])
   with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\)"):
-    gan_tools.count_objects(img, threshold=1.5)
+    objects.count_objects(img, threshold=1.5)
 
 
 def test_objects_command_counts_the_edit_evaluation_latents(style_run):
   import json
   import os
-  from experiments import gan_tools
-  t = gan_tools.Trained.load(style_run)
-  path = gan_tools.objects(t, num=8, seed=2, truncation_psi=0.7)
+  from experiments.families.gan import load_trained
+  from experiments.families.gan.tools import objects
+  t = load_trained(style_run)
+  path = objects.objects(t, num=8, seed=2, truncation_psi=0.7)
   assert path.endswith("objects_psi0.7_seed2.png") and os.path.isfile(path)
   rec = json.load(open(path[:-4] + ".json"))
   # the same 8 latents `edit` evaluates on for seed 2 at psi 0.7, counted by count_objects
   z = jax.random.normal(jax.random.fold_in(jax.random.key(2), 1), (8, t.z_dim))
-  counts = gan_tools.count_objects(t.images(t.latents(z, "w", 0.7), "w"))
+  counts = objects.count_objects(t.images(t.latents(z, "w", 0.7), "w"))
   assert rec["histogram"] == {str(k): int(v) for k, v in enumerate(np.bincount(counts)) if v}
   assert rec["two_or_more"] == int((counts >= 2).sum()) and rec["truncation_psi"] == 0.7
   with pytest.raises(ValueError, match=r"truncation_psi must be in \[0, 1\]"):
-    gan_tools.objects(t, truncation_psi=2.0)
+    objects.objects(t, truncation_psi=2.0)
   with pytest.raises(ValueError, match="num must be >= 1"):
-    gan_tools.objects(t, num=0)
+    objects.objects(t, num=0)

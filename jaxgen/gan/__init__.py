@@ -1,15 +1,17 @@
-"""GAN losses, alternating train steps, latent-space tools, inversion and latent directions.
+"""GAN losses, alternating train steps, latent-space tools, inversion, latent directions and
+the measurements of an edit along one.
 
 Models live in `jaxgen.nn` (`DCGANGenerator`, `DCGANDiscriminator`, `StyleGenerator`,
 `StyleDiscriminator`); everything here is a pure function or a factory of one.
 """
 from jaxgen.gan.directions import (VoynovState, attribute_index, attribute_logodds,
-                                   attribute_score, class_flips, conditional_direction,
-                                   edit_latents, fit_linear_classifier, init_voynov, layer_mask,
-                                   layerwise_ws, make_voynov_step, monotonic_and_flips_fraction,
-                                   monotonic_columns, monotonic_fraction, normalize_directions,
-                                   projection_std, rises_and_flips, rises_where_unsaturated,
-                                   select_confident, supervised_direction)
+                                   attribute_score, conditional_direction, edit_latents,
+                                   fit_linear_classifier, init_voynov, layer_mask,
+                                   layerwise_ws, make_voynov_step, normalize_directions,
+                                   projection_std, select_confident, supervised_direction)
+from jaxgen.gan.edit_metrics import (class_flips, monotonic_and_flips_fraction,
+                                     monotonic_columns, monotonic_fraction, rises_and_flips,
+                                     rises_where_unsaturated)
 from jaxgen.gan.latent import (group_mask, group_mean, interpolate, latent_arithmetic,
                                latents_from_seeds, lerp, parse_seeds, slerp, truncate)
 from jaxgen.gan.losses import (LOSSES, d_loss_hinge, d_loss_logistic, g_loss_hinge,
@@ -22,16 +24,24 @@ from jaxgen.gan.steps import (GANState, apply_model, generator_z_dim, make_d_ste
                               make_gan_step, make_pl_step)
 
 __all__ = [
-    "VoynovState", "attribute_index", "attribute_logodds", "attribute_score", "class_flips",
+    # directions: supervised (InterFaceGAN) and unsupervised (Voynov & Babenko)
+    "VoynovState", "attribute_index", "attribute_logodds", "attribute_score",
     "conditional_direction", "edit_latents", "fit_linear_classifier", "init_voynov",
-    "layer_mask", "layerwise_ws", "make_voynov_step", "monotonic_and_flips_fraction",
-    "monotonic_columns", "monotonic_fraction", "normalize_directions", "projection_std",
-    "rises_and_flips", "rises_where_unsaturated", "select_confident", "supervised_direction",
+    "layer_mask", "layerwise_ws", "make_voynov_step", "normalize_directions", "projection_std",
+    "select_confident", "supervised_direction",
+    # measurements of an edit ([M, B] classifier outputs along m)
+    "class_flips", "monotonic_and_flips_fraction", "monotonic_columns", "monotonic_fraction",
+    "rises_and_flips", "rises_where_unsaturated",
+    # latent tools
     "group_mask", "group_mean", "interpolate", "latent_arithmetic", "latents_from_seeds", "lerp",
-    "parse_seeds", "slerp", "truncate", "LOSSES", "d_loss_hinge", "d_loss_logistic",
-    "g_loss_hinge", "g_loss_minimax", "g_loss_nonsaturating", "get_losses", "path_lengths",
-    "r1_penalty", "ProjectionResult", "classifier_feature_fn", "make_projector",
-    "noise_regularization", "projector_learning_rate", "projector_w_noise_scale", "w_statistics",
+    "parse_seeds", "slerp", "truncate",
+    # losses
+    "LOSSES", "d_loss_hinge", "d_loss_logistic", "g_loss_hinge", "g_loss_minimax",
+    "g_loss_nonsaturating", "get_losses", "path_lengths", "r1_penalty",
+    # inversion
+    "ProjectionResult", "classifier_feature_fn", "make_projector", "noise_regularization",
+    "projector_learning_rate", "projector_w_noise_scale", "w_statistics",
+    # train steps
     "GANState", "apply_model", "generator_z_dim", "make_d_step", "make_g_step", "make_gan_step",
     "make_pl_step",
 ]
