@@ -125,9 +125,11 @@ def check_value(value, hint, where: str):
   raise ConfigError(f"{where}={value!r}: expected {_describe(hint)}")
 
 
-def _check_dict(d: dict, schema: dict, where: str) -> dict:
+def check_fields(d: dict, schema: dict, where: str) -> dict:
+  """Checks a dict of fields against ``schema`` (name -> type): unknown keys and wrong types
+  raise `ConfigError` naming ``where.key``; returns the coerced dict."""
   if not isinstance(d, dict):
-    raise ConfigError(f"{where}: expected a dict of fields, got {d!r}")
+    raise ConfigError(f"{where}={d!r}: expected a dict of fields {sorted(schema)}")
   unknown = sorted(set(d) - set(schema))
   if unknown:
     raise ConfigError(f"unknown field {where}.{unknown[0]!s}; the allowed keys of {where}: "
@@ -144,7 +146,7 @@ def check_section(section, where: str = "config"):
     value = getattr(section, f.name)
     schema = _dict_schema(f)
     if schema is not None:
-      value = _check_dict(value, schema, name)
+      value = check_fields(value, schema, name)
     else:
       value = check_value(value, hints[f.name], name)
     object.__setattr__(section, f.name, value)

@@ -87,6 +87,21 @@ def write_json(path: str, result: Mapping[str, Any]) -> str:
   return path
 
 
+def write_evaluation(workdir: str, config: Config, step: int, result: Mapping[str, Any],
+                     samples=None, **record) -> dict:
+  """Writes an evaluation: ``eval/eval_step<N>.json``, a grid of the first 100 `samples`
+  (``eval/samples_step<N>.png``), ``eval/run.json`` (with `record`) and its scalars appended to
+  ``metrics.jsonl``. Returns `result`."""
+  out = os.path.join(workdir, "eval")
+  write_json(os.path.join(out, f"eval_step{step}.json"), result)
+  if samples is not None:
+    M.save_image_grid(os.path.join(out, f"samples_step{step}.png"), samples[:100], nrow=10)
+  write_run_json(os.path.join(out, "run.json"),
+                 run_record(config, "evaluate", checkpoint_step=step, **record))
+  log_eval(workdir, step, result)
+  return dict(result)
+
+
 def log_eval(workdir: str, step: int, result: Mapping[str, Any]) -> None:
   """Appends the scalar entries of an evaluation to ``metrics.jsonl`` as ``eval/<name>``."""
   with open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8") as f:

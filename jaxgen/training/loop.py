@@ -163,6 +163,13 @@ class LoopResult:
   resumed_from: int | None           # the checkpoint step it resumed from (None: fresh start)
   metrics: dict                      # the last logged metrics (host floats)
 
+  def summary(self, *keys: str) -> dict:
+    """{"step", "terminated", "resumed_from", "state"} and the last logged value of each of
+    `keys` (NaN when none was logged): what a runner's ``train`` returns."""
+    return {"step": self.step, **{k: self.metrics.get(k, float("nan")) for k in keys},
+            "terminated": self.terminated, "resumed_from": self.resumed_from,
+            "state": self.state}
+
 
 def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
                workdir: str | None = None, loader=None, batch_keys: Sequence[str] = ("image",),

@@ -96,8 +96,7 @@ def _train_one(config: AutoencoderExperiment, workdir: str) -> dict:
       run_record=W.run_record(config, "train", model=model.config.to_dict()),
       tensorboard=False, desc=f"train {a.kind}",
       hint="Lower train.learning_rate (or raise train.warmup_steps) before resuming.")
-  return {"step": out.step, "loss": out.metrics.get("loss", float("nan")),
-          "terminated": out.terminated, "resumed_from": out.resumed_from, "state": out.state}
+  return out.summary("loss")
 
 
 @dataclasses.dataclass

@@ -16,7 +16,6 @@ from jaxgen import data as jdata
 from jaxgen import diffusion as D
 from jaxgen import metrics as M
 from jaxgen.nn import init_unet
-from jaxgen.training import write_run_json
 
 CLASSIFIER_DIR = "classifier"
 
@@ -67,10 +66,4 @@ def evaluate(workdir: str, *, num_samples: int | None = None, seed: int = 1) -> 
         prediction_type=dc.prediction_type, variance_type=dc.variance_type))(
             t.state.ema_params, x0, jax.random.key(seed + 1))
     result["test_bpd"] = float(jnp.mean(bpd))
-  out = os.path.join(workdir, "eval")
-  W.write_json(os.path.join(out, f"eval_step{t.step}.json"), result)
-  M.save_image_grid(os.path.join(out, f"samples_step{t.step}.png"), samples[:100], nrow=10)
-  write_run_json(os.path.join(out, "run.json"), W.run_record(
-      config, "evaluate", checkpoint_step=t.step, seed=seed, num_samples=n))
-  W.log_eval(workdir, t.step, result)
-  return result
+  return W.write_evaluation(workdir, config, t.step, result, samples, seed=seed, num_samples=n)

@@ -79,8 +79,7 @@ def train(config: DDPMConfig, workdir: str, *, sources: Sources = W.build_source
       run_record=W.run_record(config, "train", model=model.config.to_diffusers_dict(),
                               schedule=dataclasses.asdict(config.diffusion)),
       desc="train", hint="Lower train.learning_rate or check the data for NaNs before resuming.")
-  return {"step": out.step, "loss": out.metrics.get("loss", float("nan")),
-          "terminated": out.terminated, "resumed_from": out.resumed_from, "state": out.state}
+  return out.summary("loss")
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Literal
 
 from experiments.config import (Config, ConfigError, DataConfig, LoopConfig, SampleConfig,
-                                check_value, overrides_of)
+                                check_fields, overrides_of)
 from jaxgen.nn import StyleGANConfig
 
 __all__ = ["DCGAN_KEYS", "DataConfig", "GANConfig", "GANEvalConfig", "GANSettings", "LoopConfig",
@@ -82,18 +82,8 @@ class GANConfig(Config):
       for part, schema in (("generator", DCGAN_GENERATOR),
                            ("discriminator", DCGAN_DISCRIMINATOR)):
         if part in self.model:
-          self.model[part] = _checked(self.model[part], schema, f"model.{part}")
+          self.model[part] = check_fields(self.model[part], schema, f"model.{part}")
     if self.gan.pl_weight and arch != "stylegan":
       raise ConfigError(f"gan.pl_weight={self.gan.pl_weight} needs model.arch='stylegan' (the "
                         f"path-length regulariser differentiates the synthesis w.r.t. w), got "
                         f"{arch!r}.")
-
-
-def _checked(d: dict, schema: dict, where: str) -> dict:
-  if not isinstance(d, dict):
-    raise ConfigError(f"{where}={d!r}: expected a dict of fields {sorted(schema)}")
-  unknown = sorted(set(d) - set(schema))
-  if unknown:
-    raise ConfigError(f"unknown field {where}.{unknown[0]}; the allowed keys of {where}: "
-                      f"{sorted(schema)}")
-  return {k: check_value(v, schema[k], f"{where}.{k}") for k, v in d.items()}

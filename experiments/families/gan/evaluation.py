@@ -3,7 +3,6 @@ the real-vs-real floor and the untrained-generator baseline, the attribute class
 accuracy, and the samples' attribute histograms and confident fractions."""
 from __future__ import annotations
 
-import os
 
 import jax
 import numpy as np
@@ -15,7 +14,6 @@ from experiments.families.gan.trained import CONFIDENT, load_trained
 from jaxgen import data as jdata
 from jaxgen import gan
 from jaxgen import metrics as M
-from jaxgen.training import write_run_json
 
 __all__ = ["evaluate"]
 
@@ -64,10 +62,4 @@ def evaluate(workdir: str, *, num_samples: int | None = None, seed: int = 1) -> 
                                g_tx=optax.identity(), d_tx=optax.identity())
     result["fid_untrained_vs_test"] = fid_to_test(
         B.seed_images(generate, init.generator_variables(ema=False), t.z_dim, seeds))
-  out = os.path.join(workdir, "eval")
-  W.write_json(os.path.join(out, f"eval_step{t.step}.json"), result)
-  M.save_image_grid(os.path.join(out, f"samples_step{t.step}.png"), samples[:100], nrow=10)
-  write_run_json(os.path.join(out, "run.json"), W.run_record(
-      config, "evaluate", checkpoint_step=t.step, seed=seed, num_samples=n))
-  W.log_eval(workdir, t.step, result)
-  return result
+  return W.write_evaluation(workdir, config, t.step, result, samples, seed=seed, num_samples=n)

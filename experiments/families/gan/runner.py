@@ -98,9 +98,7 @@ def train(config: GANConfig, workdir: str) -> dict:
   finally:
     if "log" in fid_state:
       fid_state["log"].close()
-  return {"step": out.step, "d_loss": out.metrics.get("d_loss"),
-          "g_loss": out.metrics.get("g_loss"), "fid": fid, "terminated": out.terminated,
-          "resumed_from": out.resumed_from, "state": out.state}
+  return dict(out.summary("d_loss", "g_loss"), fid=fid)
 
 
 def sample(workdir: str, *, num: int = 64, seed: int = 0, seeds=None,

@@ -187,6 +187,25 @@ def write_output(path: str, images, nrow: int, record: dict, t: Trained, command
   return path
 
 
+def flags(*specs):
+  """``add_arguments`` for flags given as ``(name, type or tuple of choices, default)``."""
+  def add_arguments(p) -> None:
+    for name, kind, default in specs:
+      if isinstance(kind, tuple):
+        p.add_argument(name, choices=kind, default=default)
+      else:
+        p.add_argument(name, type=kind, default=default)
+  return add_arguments
+
+
+def tool_command(help_text: str, add_arguments, tool):
+  """The runner command of a tool ``tool(trained, args) -> PNG path``: it loads the workdir and
+  prints `command_result` of what the tool wrote."""
+  from experiments.families import Command  # pylint: disable=import-outside-toplevel
+  return Command(help_text, add_arguments,
+                 lambda args: command_result(tool(load_trained(args.workdir), args)))
+
+
 def command_result(path: str) -> dict:
   """What a tool command prints: {"output": path, **the JSON record beside it}."""
   with open(path[:-4] + ".json", encoding="utf-8") as f:

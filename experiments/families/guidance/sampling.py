@@ -11,12 +11,13 @@ from experiments import workdir as W
 from experiments.families.ddpm import model as B
 from experiments.families.ddpm.runner import load_trained
 from experiments.families.guidance import conditions
+from experiments.families.guidance.config import GuidanceConfig
 from experiments.families.guidance.noisy_classifier import load_noisy_classifier
 from jaxgen import diffusion as D
 from jaxgen.batching import map_batched
 
 
-def make_guided_sampler(model, schedule: D.Schedule, config: Config, *, guidance: str,
+def make_guided_sampler(model, schedule: D.Schedule, config: GuidanceConfig, *, guidance: str,
                         method: str, classifier=None):
   """jit ``run(params, cparams, key, labels [B], neg_labels [B], scales [S], g_pos, table, eta,
   shape) -> [S, B, H, W, C]``: one sampler vmapped over the scales, all with the same noise.

@@ -8,9 +8,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from experiments.families import Command
-from experiments.families.gan.trained import (CONFIDENT, Trained, command_result,
-                                              load_trained, output_path, write_output)
+from experiments.families.gan.trained import (CONFIDENT, Trained, tool_command,
+                                              output_path, write_output)
 from jaxgen import gan
 from jaxgen import metrics as M
 
@@ -79,9 +78,5 @@ def add_arguments(p) -> None:
   p.add_argument("--expr", required=True)
 
 
-def run(args) -> dict:
-  t = load_trained(args.workdir)
-  return command_result(arithmetic(t, args.expr, space=args.space, seed=args.seed))
-
-
-COMMAND = Command("vector arithmetic on attribute groups' latent means", add_arguments, run)
+COMMAND = tool_command("vector arithmetic on attribute groups' latent means", add_arguments,
+                       lambda t, a: arithmetic(t, a.expr, space=a.space, seed=a.seed))

@@ -10,9 +10,8 @@ import jax
 import numpy as np
 import optax
 
-from experiments.families import Command
-from experiments.families.gan.trained import (Trained, check_space, command_result,
-                                              load_trained, output_path, write_output)
+from experiments.families.gan.trained import (Trained, check_space, flags, tool_command,
+                                              output_path, write_output)
 from jaxgen import gan
 from jaxgen import metrics as M
 from jaxgen.nn import DirectionReconstructor
@@ -74,17 +73,9 @@ def discover(t: Trained, *, num_directions: int = 16, num_steps: int = 1000, spa
   return write_output(path, t.images(grid, space), len(show), record, t, "discover")
 
 
-def add_arguments(p) -> None:
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--space", choices=("z", "w"), default="z")
-  p.add_argument("--directions", type=int, default=16)
-  p.add_argument("--steps", type=int, default=1000)
-
-
-def run(args) -> dict:
-  t = load_trained(args.workdir)
-  return command_result(discover(t, num_directions=args.directions, num_steps=args.steps,
-                                 space=args.space, seed=args.seed))
-
-
-COMMAND = Command("unsupervised direction discovery (Voynov & Babenko)", add_arguments, run)
+COMMAND = tool_command(
+    "unsupervised direction discovery (Voynov & Babenko)",
+    flags(("--seed", int, 0), ("--space", ("z", "w"), "z"), ("--directions", int, 16),
+          ("--steps", int, 1000)),
+    lambda t, a: discover(t, num_directions=a.directions, num_steps=a.steps, space=a.space,
+                          seed=a.seed))

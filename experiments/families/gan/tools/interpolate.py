@@ -8,8 +8,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from experiments.families import Command
-from experiments.families.gan.trained import (Trained, command_result, load_trained,
+from experiments.families.gan.trained import (Trained, tool_command,
                                               output_path, write_output)
 from jaxgen import gan
 
@@ -44,10 +43,7 @@ def add_arguments(p) -> None:
   p.add_argument("--trunc", type=float, default=1.0)
 
 
-def run(args) -> dict:
-  t = load_trained(args.workdir)
-  return command_result(interpolate(t, gan.parse_seeds(args.seeds), num=args.num,
-                                    space=args.space, method=args.method, psi=args.trunc))
-
-
-COMMAND = Command("interpolate between the latents of consecutive seeds", add_arguments, run)
+COMMAND = tool_command(
+    "interpolate between the latents of consecutive seeds", add_arguments,
+    lambda t, a: interpolate(t, gan.parse_seeds(a.seeds), num=a.num, space=a.space,
+                             method=a.method, psi=a.trunc))

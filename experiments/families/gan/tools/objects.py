@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.families import Command
 from experiments.families.gan.tools.fit import check_edit_truncation, eval_latents
-from experiments.families.gan.trained import (Trained, command_result, load_trained,
+from experiments.families.gan.trained import (Trained, flags, tool_command,
                                               output_path, write_output)
 
 __all__ = ["COMMAND", "count_objects", "objects"]
@@ -78,17 +77,9 @@ def objects(t: Trained, *, num: int = 400, seed: int = 0, truncation_psi: float 
   return write_output(path, shown, 8, record, t, "objects")
 
 
-def add_arguments(p) -> None:
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--num", type=int, default=400)
-  p.add_argument("--truncation-psi", type=float, default=1.0)
-  p.add_argument("--threshold", type=float, default=0.25)
-
-
-def run(args) -> dict:
-  t = load_trained(args.workdir)
-  return command_result(objects(t, num=args.num, seed=args.seed,
-                                truncation_psi=args.truncation_psi, threshold=args.threshold))
-
-
-COMMAND = Command("count the objects in the edit evaluation samples", add_arguments, run)
+COMMAND = tool_command(
+    "count the objects in the edit evaluation samples",
+    flags(("--seed", int, 0), ("--num", int, 400), ("--truncation-psi", float, 1.0),
+          ("--threshold", float, 0.25)),
+    lambda t, a: objects(t, num=a.num, seed=a.seed, truncation_psi=a.truncation_psi,
+                         threshold=a.threshold))
