@@ -26,3 +26,11 @@ from jaxgen.nn.stylegan import StyleDiscriminator, StyleGANConfig, StyleGenerato
 
 __all__ += ["DCGANDiscriminator", "DCGANGenerator", "DirectionReconstructor",
             "StyleDiscriminator", "StyleGANConfig", "StyleGenerator"]
+
+from jaxgen.nn.clip import (CLIP_MEAN, CLIP_STD, CLIPConfig, CLIPModel, CLIPTextConfig,
+                            CLIPTextModel, CLIPTextTransformer, CLIPVisionConfig,
+                            CLIPVisionTransformer, clip_preprocess, pool_text_features)
+
+__all__ += ["CLIP_MEAN", "CLIP_STD", "CLIPConfig", "CLIPModel", "CLIPTextConfig", "CLIPTextModel",
+            "CLIPTextTransformer", "CLIPVisionConfig", "CLIPVisionTransformer", "clip_preprocess",
+            "pool_text_features"]
