@@ -23,12 +23,13 @@ setup(
         "scikit-learn>=1.4",  # the embedded `digits` dataset
         "tqdm>=4.66",
         "safetensors>=0.4",  # weight import, never pickle
+        "tokenizers>=0.20",  # CLIP's byte-level BPE (jaxgen.text)
         "tensorboardX>=2.6",  # event files without TensorFlow
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "nbformat>=5.9", "nbclient>=0.10",
                  "ipykernel>=6.29"],
-        "reference": ["torch==2.13.0", "diffusers==0.42.1", "scipy>=1.11"],
+        "reference": ["torch==2.13.0", "diffusers==0.42.1", "scipy>=1.11", "transformers>=5"],
         "tf": ["tensorflow>=2.16"],
         "notebooks": ["jupyter", "matplotlib>=3.8", "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29"],
     },

@@ -5,3 +5,11 @@ from jaxgen.interop.diffusers_unet2d import (flax_path_to_diffusers_key, load_di
 
 __all__ = ["flax_path_to_diffusers_key", "load_diffusers_unet2d", "params_to_state_dict",
            "save_diffusers_unet2d", "state_dict_to_params"]
+
+from jaxgen.interop.clip import (clip_config_from_dict, clip_config_to_dict,
+                                 clip_params_to_state_dict, clip_state_dict_to_params,
+                                 load_clip_model, load_clip_text_model, save_clip_model)
+
+__all__ += ["clip_config_from_dict", "clip_config_to_dict", "clip_params_to_state_dict",
+            "clip_state_dict_to_params", "load_clip_model", "load_clip_text_model",
+            "save_clip_model"]
