@@ -75,6 +75,18 @@ def train_sd2_folder(folder: str):
   tok.train_from_iterator(CAPTIONS, trainer)
   os.makedirs(folder, exist_ok=True)
   tok.model.save(folder)
+  # The trainer numbers the `</w>` alphabet in hash order: renumber the non-merge tokens in
+  # sorted order after the specials (merges keep theirs), so that reruns write the same files.
+  with open(os.path.join(folder, "vocab.json"), encoding="utf-8") as f:
+    vocab = json.load(f)
+  with open(os.path.join(folder, "merges.txt"), encoding="utf-8") as f:
+    merged = {"".join(line.split()) for line in f if line.strip() and not line.startswith("#")}
+  specials = ["<|startoftext|>", "<|endoftext|>"]
+  base = sorted(t for t in vocab if t not in merged and t not in specials)
+  order = specials + base + sorted(merged, key=vocab.__getitem__)
+  assert sorted(order) == sorted(vocab)
+  with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+    json.dump({t: i for i, t in enumerate(order)}, f, ensure_ascii=False)
   specials = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "!",
               "unk_token": "<|endoftext|>"}
   with open(os.path.join(folder, "special_tokens_map.json"), "w") as f:
