@@ -20,3 +20,7 @@ __all__ = [
     "save_classifier", "train_classifier", "feature_statistics", "frechet_distance",
     "frechet_distance_jax", "make_grid", "mse", "psnr", "save_image_grid", "to_uint8",
 ]
+
+from jaxgen.metrics.clip_score import clip_score
+
+__all__ += ["clip_score"]
