@@ -157,7 +157,8 @@ def test_text_model_reads_stable_diffusion_layout(tmp_path, text_models):
   """Keys prefixed `text_model.` and the `position_ids` buffer (older transformers, SD)."""
   from safetensors.numpy import load_file, save_file
   src = os.path.join(REF, "text_quick_legacy")
-  state = {f"text_model.{k}": v for k, v in load_file(os.path.join(src, "model.safetensors")).items()}
+  state = load_file(os.path.join(src, "model.safetensors"))
+  state = {f"text_model.{k}": v for k, v in state.items()}
   state["text_model.embeddings.position_ids"] = np.arange(77, dtype=np.int64)[None]
   folder = tmp_path / "pipeline" / "text_encoder"
   os.makedirs(folder)
@@ -252,8 +253,8 @@ def test_import_errors(tmp_path):
   _write_folder(tmp_path / "missing", config, missing)
   with pytest.raises(ValueError, match=r"missing key\(s\) 1 \['final_layer_norm.bias'\]"):
     load_clip_text_model(tmp_path / "missing")
-  _write_folder(tmp_path / "extra", config, {**state, "text_projection.weight": np.zeros((4, 32),
-                                                                                          np.float32)})
+  extra = {**state, "text_projection.weight": np.zeros((4, 32), np.float32)}
+  _write_folder(tmp_path / "extra", config, extra)
   with pytest.raises(ValueError, match=r"unexpected key\(s\) 1 \['text_projection.weight'\]"):
     load_clip_text_model(tmp_path / "extra")
   _write_folder(tmp_path / "wide", {**config, "hidden_size": 64}, state)

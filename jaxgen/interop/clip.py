@@ -231,7 +231,8 @@ def _read_safetensors(file: str) -> dict[str, np.ndarray]:
   try:
     return load_file(file)
   except (SafetensorError, OSError, ValueError, TypeError) as e:
-    raise ValueError(f"could not read safetensors file {file!r} (corrupt or truncated?): {e}") from e
+    raise ValueError(f"could not read safetensors file {file!r} (corrupt or truncated?): "
+                     f"{e}") from e
 
 
 def _read_weights(folder: str) -> dict[str, np.ndarray]:
