@@ -61,3 +61,19 @@ def test_zero_shot_uses_the_mean_of_every_caption_with_the_value():
     means = np.stack([feats[values[:, a] == v].mean(0) for v in range(k)])
     pred = zero_shot(means, feats, values)[CD.ATTRIBUTES[a]]
     np.testing.assert_array_equal(pred, np.arange(k))
+
+
+def test_zero_shot_marginal_sums_caption_probabilities():
+  """An image whose softmax mass is 0.4 on one 'circle' caption and 0.3 + 0.3 on two 'square'
+  captions is a square by the marginal rule."""
+  from experiments.families.clip import data as CD
+  from experiments.families.clip.evaluation import zero_shot_marginal
+  _, values = CD.caption_table()
+  circle = CD.caption_index(0, 0, 0, 0)
+  squares = [CD.caption_index(1, 0, 0, 0), CD.caption_index(1, 1, 0, 0)]
+  caption_feats = np.eye(216)
+  want = np.full(216, 1e-9)
+  want[circle], want[squares] = 0.4, 0.3
+  image = np.log(want)[None]           # logits = image @ eye = log p (scale 1)
+  pred = zero_shot_marginal(image, caption_feats, values, 1.0)
+  assert pred["shape"][0] == 1 and pred["color"][0] == 0 and pred["size"][0] == 0
