@@ -220,6 +220,30 @@ def test_save_clip_model_round_trip(tmp_path, clip_models, text_models):
     assert all(reference[key] == mine[key] for key in mine if key not in sub)
 
 
+def test_clip_config_of_older_transformers_loads(tmp_path, clip_models):
+  """transformers 4 wrote every PretrainedConfig default into each tower, the vision tower's
+  token ids as None, and `text_config_dict` overrides (which win)."""
+  src = os.path.join(REF, "clip_quick_legacy")
+  with open(os.path.join(src, "config.json")) as f:
+    config = json.load(f)
+  dump = {"add_cross_attention": False, "bad_words_ids": None, "chunk_size_feed_forward": 0,
+          "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}, "num_beams": 1, "top_k": 50,
+          "tie_word_embeddings": True, "torchscript": False, "typical_p": 1, "torch_dtype": None,
+          "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+  config["vision_config"].update(dump)
+  config["text_config"].update({k: v for k, v in dump.items() if not k.endswith("token_id")})
+  config["text_config_dict"] = {"eos_token_id": 2}
+  config["text_config"]["eos_token_id"] = 569
+  config["transformers_version"] = None
+  folder = tmp_path / "old"
+  os.makedirs(folder)
+  shutil.copy(os.path.join(src, "model.safetensors"), folder)
+  with open(folder / "config.json", "w") as f:
+    json.dump(config, f)
+  model, _ = load_clip_model(folder)
+  assert model.config == clip_models["clip_quick_legacy"][0].config
+
+
 def _write_folder(folder, config: dict, weights: dict | None):
   from safetensors.numpy import save_file
   os.makedirs(folder, exist_ok=True)

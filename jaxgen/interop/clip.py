@@ -48,8 +48,9 @@ num_beams num_beam_groups diversity_penalty temperature top_k top_p typical_p
 repetition_penalty length_penalty no_repeat_ngram_size encoder_no_repeat_ngram_size
 bad_words_ids num_return_sequences output_scores return_dict_in_generate forced_bos_token_id
 forced_eos_token_id remove_invalid_values exponential_decay_length_penalty suppress_tokens
-begin_suppress_tokens decoder_start_token_id sep_token_id tf_legacy_loss
-""".split())
+begin_suppress_tokens decoder_start_token_id sep_token_id tf_legacy_loss gradient_checkpointing
+bos_token_id eos_token_id pad_token_id
+""".split())  # the token ids are fields of the text tower; a vision tower's (None) are ignored
 
 
 def _tower_config(cls, d: Mapping[str, Any], kind: str, ignore_unknown: bool):
