@@ -7,8 +7,8 @@ captions, evaluated by zero-shot attribute accuracy and retrieval.
 """
 from experiments.families import Family, register
 from experiments.families.clip.config import CLIPExperiment
-from experiments.families.clip.evaluation import evaluate
-from experiments.families.clip.runner import load_trained, sample, train
+from experiments.families.clip.evaluation import evaluate, sample
+from experiments.families.clip.runner import load_trained, train
 
 FAMILY = register(Family(
     name="clip", config_class=CLIPExperiment, train=train, sample=sample, evaluate=evaluate,

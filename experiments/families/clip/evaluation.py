@@ -102,3 +102,12 @@ def similarity_png(t, images, captions, path: str, features=None, cell: int = 20
   os.makedirs(os.path.dirname(path), exist_ok=True)
   canvas.save(path)
   return path
+
+
+def sample(workdir: str, *, num: int = 16, seed: int = 0) -> str:
+  """A PNG of the image-caption similarity of `num` test images and their captions."""
+  t = load_trained(workdir)
+  test = jdata.load_all(CD.source("test", t.config.data.image_size))
+  idx = np.random.default_rng(seed).choice(len(test["image"]), size=num, replace=False)
+  return similarity_png(t, test["image"][idx], test["caption"][idx],
+                        os.path.join(workdir, "samples", f"similarity_seed{seed}_step{t.step}.png"))

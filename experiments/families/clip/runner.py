@@ -7,7 +7,6 @@ gathers the features: `jaxgen.clip.clip_loss`)."""
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -133,13 +132,3 @@ def encoders(t: Trained):
                                                             method="encode_text")))
   return (lambda x: map_batched(lambda c: enc_i(t.params, c), x, batch_size=500),
           lambda ids: map_batched(lambda c: enc_t(t.params, c), ids, batch_size=500))
-
-
-def sample(workdir: str, *, num: int = 16, seed: int = 0) -> str:
-  """A PNG of the image-caption similarity of `num` test images and their captions."""
-  from experiments.families.clip.evaluation import similarity_png  # noqa: C0415
-  t = load_trained(workdir)
-  test = jdata.load_all(CD.source("test", t.config.data.image_size))
-  idx = np.random.default_rng(seed).choice(len(test["image"]), size=num, replace=False)
-  return similarity_png(t, test["image"][idx], test["caption"][idx],
-                        os.path.join(workdir, "samples", f"similarity_seed{seed}_step{t.step}.png"))
