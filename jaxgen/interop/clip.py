@@ -25,6 +25,7 @@ from flax import traverse_util
 
 from jaxgen.nn.clip import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel,
                             CLIPVisionConfig)
+from jaxgen.interop.layout import to_torch_state_dict
 from jaxgen.nn.init import module_param_shapes
 
 __all__ = ["clip_config_from_dict", "clip_config_to_dict", "clip_params_to_state_dict",
@@ -184,24 +185,14 @@ def clip_state_dict_to_params(state_dict: Mapping[str, np.ndarray],
     if arr.shape != tuple(shapes[path].shape):
       bad.append(f"{key}: {arr.shape} (flax layout), model expects {tuple(shapes[path].shape)}")
   if bad:
-    raise ValueError(f"CLIP weights do not match the config (does config.json belong to them?): "
+    raise ValueError("CLIP weights do not match the config (does config.json belong to them?): "
                      + "; ".join(bad[:20]))
   return traverse_util.unflatten_dict(flat)
 
 
 def clip_params_to_state_dict(params: Any, dtype: Any = np.float32) -> dict[str, np.ndarray]:
   """jaxgen CLIP parameters -> transformers state dict (PyTorch layouts, contiguous numpy)."""
-  if isinstance(params, Mapping) and set(params) == {"params"}:
-    params = params["params"]
-  out = {}
-  for path, value in traverse_util.flatten_dict(dict(params)).items():
-    arr = np.asarray(jax.device_get(value), dtype=np.float32)
-    if path[-1] == "kernel" and arr.ndim == 4:
-      arr = arr.transpose(3, 2, 0, 1)
-    elif path[-1] == "kernel" and arr.ndim == 2:
-      arr = arr.T
-    out[_key(path)] = np.array(arr, dtype=dtype, order="C")
-  return out
+  return to_torch_state_dict(params, _key, dtype)
 
 
 def _resolve(path, sub: str, what: str) -> str:
@@ -304,9 +295,7 @@ def load_clip_text_model(path: str | os.PathLike, *, dtype: Any = jnp.float32,
     (model, params): `model.apply({"params": params}, ids)` -> (last_hidden_state [B, L, D],
     pooled [B, D]).
 
-  Raises:
-    FileNotFoundError: no folder, config.json or model.safetensors (pickle files refused).
-    ValueError: a config of another model_type, unknown keys, mismatching weights.
+  Raises: as `load_clip_model`.
   """
   folder = _resolve(path, "text_encoder", "CLIPTextModel")
   config = clip_config_from_dict(_read_config(folder, "CLIPTextModel"),

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxgen.interop.layout import to_torch_state_dict
 from jaxgen.nn.unet import UNet2D, UNetConfig, param_shapes
 
 CONFIG_NAME = "config.json"
@@ -127,17 +128,7 @@ def params_to_state_dict(params: Any, dtype: Any = np.float32) -> dict[str, np.n
   Returns:
     diffusers key -> array in PyTorch layout.
   """
-  if isinstance(params, Mapping) and set(params) == {"params"}:
-    params = params["params"]
-  out = {}
-  for path, value in traverse_util.flatten_dict(dict(params)).items():
-    arr = np.asarray(jax.device_get(value), dtype=np.float32)
-    if path[-1] == "kernel" and arr.ndim == 4:
-      arr = arr.transpose(3, 2, 0, 1)
-    elif path[-1] == "kernel" and arr.ndim == 2:
-      arr = arr.T
-    out[flax_path_to_diffusers_key(path)] = np.ascontiguousarray(arr.astype(dtype))
-  return out
+  return to_torch_state_dict(params, flax_path_to_diffusers_key, dtype)
 
 
 def _resolve_folder(path: str | os.PathLike) -> str:
