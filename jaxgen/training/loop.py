@@ -201,7 +201,8 @@ def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
        progress bar.
     5. then, in order: on SIGTERM a checkpoint and stop; every ``checkpoint_every`` steps a
        checkpoint; every hook ``(every, fn)`` with ``every > 0`` calls ``fn(state, step)`` (a
-       hook that raises `Terminated` counts as SIGTERM).
+       hook that raises `Terminated` counts as SIGTERM; a hook that returns a dict of scalars
+       has it written to ``metrics.jsonl`` / TensorBoard at that step).
     6. at the end (not after SIGTERM): a checkpoint, then each ``at_end`` hook ``fn(state, step)``.
   A checkpoint is never written from parameters that are not finite.
 
@@ -221,8 +222,9 @@ def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
     finite_keys: metrics that must stay finite.
     postfix: metrics -> the progress bar's postfix; default the first finite key.
     log_fn: called with each logged line before it is written (may add entries to it).
-    hooks: ``(every, fn(state, step))`` pairs run during training.
-    at_end: ``fn(state, step)`` run after the final checkpoint.
+    hooks: ``(every, fn(state, step))`` pairs run during training; ``fn`` returns None or a
+      dict of scalars to log.
+    at_end: ``fn(state, step)`` run after the final checkpoint (returns as ``hooks``).
     run_record: written to ``workdir/run.json``; None writes none.
     tensorboard: also write TensorBoard scalars.
     desc: progress bar label.
@@ -298,6 +300,12 @@ def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
     return bar_postfix(m)
 
   metrics_log = MetricsLog(workdir, tensorboard=tensorboard)
+
+  def run_hook(fn, state, step: int) -> None:
+    extra = fn(state, step)
+    if extra is not None:  # a hook's own measurements go beside the loop's lines
+      metrics_log.write(step, {k: float(v) for k, v in extra.items()})
+
   terminated = False
   try:
     start = int(jax.device_get(state.step))
@@ -325,22 +333,21 @@ def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
         try:
           for every, fn in hooks:
             if every and done % every == 0 and done < num_steps:
-              fn(state, done)
+              run_hook(fn, state, done)
         except Terminated:  # a nested run (a hook's classifier) took the SIGTERM
           checkpoint(state)
           log.warning("SIGTERM in a hook: saved a checkpoint at step %d and stopped", done)
           terminated = True
           break
+    step_now = int(jax.device_get(state.step))
     if not terminated:
       checkpoint(state)
+      for fn in at_end:
+        run_hook(fn, state, step_now)
   finally:
     if manager is not None:
       manager.wait_until_finished()
       manager.close()
     metrics_log.close()
-  step_now = int(jax.device_get(state.step))
-  if not terminated:
-    for fn in at_end:
-      fn(state, step_now)
   return LoopResult(state=state, step=step_now, terminated=terminated,
                     resumed_from=resumed_from, metrics=dict(last))

@@ -19,7 +19,7 @@ from experiments.families.gan.config import GANConfig
 from experiments.families.gan.trained import attribute_classifier, load_trained
 from jaxgen import data as jdata
 from jaxgen import gan
-from jaxgen.training import MetricsLog, train_loop
+from jaxgen.training import train_loop
 
 log = logging.getLogger(__name__)
 __all__ = ["sample", "train"]
@@ -54,14 +54,13 @@ def train(config: GANConfig, workdir: str) -> dict:
                                       pl_weight=settings.pl_weight,
                                       pl_interval=settings.pl_interval), donate_argnums=0)
   generate = B.make_generate_fn(generator)
-  fid_state: dict = {}  # the classifier's FID function and the FID lines' writer, on first use
+  fid_state: dict = {}  # the classifier's FID function, on first use
 
   def fid_now(state) -> float:
     if not fid_state:
       clf = attribute_classifier(workdir, config, source)
       test = jdata.load_all(W.build_source(config, "test"))
       fid_state["fid"] = W.fid_to(clf, test["image"])
-      fid_state["log"] = MetricsLog(workdir)  # beside the loop's lines (it owns its writer)
     imgs = B.seed_images(generate, state.generator_variables(), state.z_dim,
                          np.arange(settings.fid_samples))
     return fid_state["fid"](imgs)
@@ -71,8 +70,8 @@ def train(config: GANConfig, workdir: str) -> dict:
   def track_fid(state, step: int):
     nonlocal fid
     fid = fid_now(state)
-    fid_state["log"].write(step, {"fid": fid})
     log.info("step %d: classifier-FID %.3f", step, fid)
+    return {"fid": fid}  # the loop writes it to metrics.jsonl / TensorBoard
 
   def write_samples(state, step: int):
     n = config.sample.num
@@ -83,21 +82,17 @@ def train(config: GANConfig, workdir: str) -> dict:
                    seeds=np.arange(n), record=W.run_record(config, "train", step=step))
 
   at_end = [write_samples] + ([track_fid] if settings.fid_every else [])
-  try:
-    out = train_loop(
-        lambda: B.init_state(config, generator, discriminator, init_key),
-        lambda state, batch: step_fn(state, batch, train_key),
-        num_steps=tc.num_steps, workdir=workdir,
-        loader=jdata.Loader(source, config.data.batch_size, seed=config.seed),
-        batch_keys=("image",), image_shape=source.image_shape,
-        log_every=tc.log_every, checkpoint_every=tc.checkpoint_every,
-        max_to_keep=tc.max_to_keep, finite_keys=("d_loss", "g_loss"),
-        postfix=lambda m: {"d": f"{m['d_loss']:.3f}", "g": f"{m['g_loss']:.3f}"},
-        hooks=[(settings.fid_every, track_fid), (tc.sample_every, write_samples)],
-        at_end=at_end, run_record=W.run_record(config, "train"), desc="train gan", hint=HINT)
-  finally:
-    if "log" in fid_state:
-      fid_state["log"].close()
+  out = train_loop(
+      lambda: B.init_state(config, generator, discriminator, init_key),
+      lambda state, batch: step_fn(state, batch, train_key),
+      num_steps=tc.num_steps, workdir=workdir,
+      loader=jdata.Loader(source, config.data.batch_size, seed=config.seed),
+      batch_keys=("image",), image_shape=source.image_shape,
+      log_every=tc.log_every, checkpoint_every=tc.checkpoint_every,
+      max_to_keep=tc.max_to_keep, finite_keys=("d_loss", "g_loss"),
+      postfix=lambda m: {"d": f"{m['d_loss']:.3f}", "g": f"{m['g_loss']:.3f}"},
+      hooks=[(settings.fid_every, track_fid), (tc.sample_every, write_samples)],
+      at_end=at_end, run_record=W.run_record(config, "train"), desc="train gan", hint=HINT)
   return dict(out.summary("d_loss", "g_loss"), fid=fid)
 
 
