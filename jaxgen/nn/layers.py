@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nn.attention import dot_product_attention, merge_heads, split_heads
+
 Dtype = Any
 
 # PyTorch's default Conv2d/Linear kernel init (kaiming_uniform with a=sqrt(5)) is
@@ -217,7 +219,8 @@ class AttentionBlock(nn.Module):
     groups: GroupNorm groups, or None for no norm.
     eps: GroupNorm epsilon.
     rescale_output_factor: divides the residual sum.
-    dtype: computation dtype (the softmax runs in float32).
+    dtype: computation dtype (the softmax runs in float32, in
+      `jaxgen.nn.attention.dot_product_attention`).
   """
   heads: int
   dim_head: int
@@ -237,26 +240,10 @@ class AttentionBlock(nn.Module):
     h = h.reshape(b, hgt * wid, c)  # [B, N, C]
 
     def heads(name):  # [B, N, inner] -> [B, heads, N, dim_head]
-      y = _dense(inner, name, self.dtype)(h).reshape(b, hgt * wid, self.heads, self.dim_head)
-      return jnp.transpose(y, (0, 2, 1, 3))
+      return split_heads(_dense(inner, name, self.dtype)(h), self.heads)
 
-    # Batch dimensions (B, heads) leading in both operands: XLA:CPU then emits one batched
-    # matmul; with the heads axis in the middle ("bqhd,bkhd->bhqk") it was 3.5x slower
-    # (docs/performance.md).
-    q, k, v = heads("to_q"), heads("to_k"), heads("to_v")
-    q = q * jnp.asarray(self.dim_head ** -0.5, q.dtype)
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)  # [B, h, N, N]
-    # softmax(l) v computed as (exp(l - max l) v) / sum exp(l - max l): the normalisation
-    # divides the [N, dim_head] result instead of the [N, N] matrix, and XLA fuses the exp
-    # into the matmul's operand (6x faster on CPU at N = 256; same values to ~1e-6). The
-    # shift cancels analytically, so its gradient is zero and it is a stop_gradient.
-    shift = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    weights = jnp.exp(logits - shift)  # [B, h, N, N] float32
-    denom = jnp.sum(weights, axis=-1, keepdims=True)  # [B, h, N, 1]
-    o = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v,
-                   preferred_element_type=jnp.float32)
-    o = (o / denom).astype(v.dtype)  # [B, h, N, dim_head]
-    o = jnp.transpose(o, (0, 2, 1, 3)).reshape(b, hgt * wid, inner)  # [B, N, inner]
+    o = dot_product_attention(heads("to_q"), heads("to_k"), heads("to_v"))
+    o = merge_heads(o)  # [B, N, inner]
     o = _dense(c, "to_out_0", self.dtype)(o).reshape(b, hgt, wid, c)
     out = o + x.astype(o.dtype)
     if self.rescale_output_factor != 1.0:
