@@ -24,14 +24,20 @@ def concrete_or_none(x):
 
 
 def check_timesteps(t, num_timesteps: int, name: str = "t", allow_negative: bool = False):
-  """Raises a clear error for concrete timesteps outside [0, T-1] (or [-1, T-1] when
-  ``allow_negative``; -1 means the clean data). JAX would silently clamp the index."""
+  """Raises a clear error for concrete timesteps outside [0, T-1]. With ``allow_negative``
+  any negative value is accepted: it means "past the last step" (the clean data, or the final
+  alpha_bar a sampler was given), as in diffusers, whose ``t - T // n`` rule gives values such
+  as -19 on the last step. JAX would silently clamp an index out of range."""
   v = concrete_or_none(t)
   if v is None or v.size == 0:
     return
-  lo = -1 if allow_negative else 0
-  if v.min() < lo or v.max() > num_timesteps - 1:
-    raise ValueError(f"{name} must lie in [{lo}, {num_timesteps - 1}] for a schedule of "
+  if allow_negative:
+    if v.max() > num_timesteps - 1:
+      raise ValueError(f"{name} must lie in [-1, {num_timesteps - 1}] for a schedule of "
+                       f"{num_timesteps} timesteps (any negative value means past the last "
+                       f"step), got values in [{v.min()}, {v.max()}]")
+  elif v.min() < 0 or v.max() > num_timesteps - 1:
+    raise ValueError(f"{name} must lie in [0, {num_timesteps - 1}] for a schedule of "
                      f"{num_timesteps} timesteps, got values in [{v.min()}, {v.max()}]")
 
 
@@ -48,11 +54,14 @@ def extract(coef: jax.Array, t, x: jax.Array) -> jax.Array:
   return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
 
 
-def alpha_bar_at(schedule: Schedule, t) -> jax.Array:
-  """alpha_bar at t, with alpha_bar = 1 for t < 0 (the clean data, "before" step 0)."""
+def alpha_bar_at(schedule: Schedule, t, final_alpha_bar=1.0) -> jax.Array:
+  """alpha_bar at t; any t < 0 ("past the last step") gives ``final_alpha_bar``: 1 for the
+  clean data (diffusers' ``set_alpha_to_one=True``), or e.g. ``alphas_cumprod[0]`` as diffusers
+  uses with ``set_alpha_to_one=False``. ``final_alpha_bar`` may be an array (traced, or [B])."""
   t = jnp.asarray(t)
   check_timesteps(t, schedule.num_timesteps, allow_negative=True)
-  return jnp.where(t >= 0, schedule.alphas_cumprod[jnp.maximum(t, 0)], 1.0)
+  final = jnp.asarray(final_alpha_bar, schedule.alphas_cumprod.dtype)
+  return jnp.where(t >= 0, schedule.alphas_cumprod[jnp.maximum(t, 0)], final)
 
 
 def _bcast(c: jax.Array, x: jax.Array) -> jax.Array:

@@ -2,7 +2,9 @@
 
 ``denoise_fn(x_t, t) -> model_output`` is any pure function of a [B, ...] batch and [B] int
 timesteps; guidance transforms (:mod:`jaxgen.diffusion.guidance`) wrap it, so every sampler
-works with every guidance. DDPM and DDIM differ only in the step function.
+works with every guidance. DDPM and DDIM differ only in the step function; DPM-Solver++(2M)
+(:mod:`jaxgen.diffusion.dpm_solver`) and PLMS (:mod:`jaxgen.diffusion.plms`) are multistep
+methods whose scan also carries earlier model outputs.
 
 The table is an array *argument*: pad it to a fixed length with
 :func:`jaxgen.diffusion.pad_table` and one compiled sampler serves every number of steps
@@ -15,12 +17,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxgen.diffusion.dpm_solver import dpmpp_2m_sample
+from jaxgen.diffusion.plms import plms_sample, plms_table
 from jaxgen.diffusion.process import concrete_or_none
 from jaxgen.diffusion.schedules import Schedule
 from jaxgen.diffusion.steps import VARIANCE_TYPES, ddim_inverse_step, ddim_step, ddpm_step
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
-METHODS = ("ddpm", "ddim")
+METHODS = ("ddpm", "ddim", "dpmpp_2m", "plms")
 
 
 def _prev_from_table(table: jax.Array) -> jax.Array:
@@ -28,26 +32,37 @@ def _prev_from_table(table: jax.Array) -> jax.Array:
   return jnp.concatenate([table[1:], jnp.full((1,), -1, table.dtype)])
 
 
-def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape, table, *,
+def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array | None, shape, table, *,
            method: str = "ddim", prev_table=None, eta=0.0, prediction_type: str = "epsilon",
-           variance_type: str = "fixed_small", clip_sample: bool = False, x_T=None,
-           noise=None, return_trajectory: bool = False, guidance_grad_fn=None):
+           variance_type: str = "fixed_small", clip_sample: bool = False,
+           clip_sample_range=1.0, final_alpha_bar=1.0, last_step_noise: bool = False,
+           x_T=None, noise=None, return_trajectory: bool = False, guidance_grad_fn=None):
   """Draws samples by running the reverse process over ``table``.
 
   Args:
     denoise_fn: ``(x_t [B, ...], t [B] int32) -> model_output [B, ...]``.
     schedule: the training noise schedule.
     key: PRNG key. x_T comes from ``fold_in(key, 0)``-derived randomness and step i's noise
-      from ``fold_in(step_key, i)``; no key is reused.
+      from ``fold_in(step_key, i)``; no key is reused. May be None when x_T is given and
+      nothing random is drawn (``noise`` given, DDIM with a concrete eta = 0, ``dpmpp_2m``,
+      ``plms``).
     shape: (B, H, W, C) of the samples.
-    table: int [L] descending timesteps, optionally padded with -1 at the end.
-    method: ``ddpm`` (ancestral) or ``ddim``.
+    table: int [L] descending timesteps, optionally padded with -1 at the end. For ``plms``
+      the plain table: the sampler lays out its warm-up with :func:`plms_table` (L + 1 model
+      calls, the trajectory has L + 1 entries).
+    method: ``ddpm`` (ancestral), ``ddim``, ``dpmpp_2m`` (DPM-Solver++(2M), Lu et al. 2022;
+      :func:`jaxgen.diffusion.dpmpp_2m_sample`) or ``plms`` (PNDM's PLMS, Liu et al. 2022;
+      :func:`jaxgen.diffusion.plms_sample`). The last two are deterministic and ignore eta,
+      variance_type and last_step_noise.
     prev_table: int [L] the timestep each entry steps to; default: the next table entry
-      (the papers' rule). Pass ``previous_timesteps(table, T, "diffusers")`` for diffusers'.
+      (the papers' rule). Pass ``previous_timesteps(table, T, "diffusers")`` for diffusers'
+      DDIM rule. Any negative value means past the last step (``final_alpha_bar``).
     eta: DDIM stochasticity (array-valued is fine).
-    prediction_type, variance_type, clip_sample: see :func:`ddpm_step` / :func:`ddim_step`.
+    prediction_type, variance_type, clip_sample, clip_sample_range, last_step_noise: see
+      :func:`ddpm_step` / :func:`ddim_step` (``plms`` does not clip).
+    final_alpha_bar: alpha_bar after the last step (1: the clean data), scalar, traced allowed.
     x_T: optional starting noise [B, ...] (then `key` only draws the step noise).
-    noise: optional per-step noise [L, B, ...] instead of drawing it from `key`.
+    noise: optional per-step noise [L, B, ...] instead of drawing it from `key` (DDPM, DDIM).
     return_trajectory: also return x after every entry of the table, [L, B, ...].
     guidance_grad_fn: DDPM only, ``(x_t, t [B]) -> g grad_x log p(y | x_t)``: each step's mean
       moves by its variance times this (classifier guidance as in Dhariwal & Nichol 2021,
@@ -59,7 +74,8 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape, tab
     raise ValueError(f"unknown sampler {method!r}; expected one of {METHODS}")
   if guidance_grad_fn is not None and method != "ddpm":
     raise ValueError("guidance_grad_fn is the DDPM mean-shift form of classifier guidance; for "
-                     "DDIM wrap the denoiser with jaxgen.diffusion.classifier_guidance instead")
+                     f"{method} wrap the denoiser with jaxgen.diffusion.classifier_guidance "
+                     "instead")
   if variance_type not in VARIANCE_TYPES:
     raise ValueError(f"unknown variance_type {variance_type!r}; expected {VARIANCE_TYPES}")
   shape = tuple(int(s) for s in shape)
@@ -73,11 +89,30 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape, tab
   prev = _prev_from_table(table) if prev_table is None else jnp.asarray(prev_table, jnp.int32)
   if prev.shape != table.shape:
     raise ValueError(f"prev_table shape {prev.shape} must equal table shape {table.shape}")
-  init_key, step_key = jax.random.split(key)
+  eta_value = concrete_or_none(eta)
+  draws = noise is None and (method == "ddpm" or eta_value is None or eta_value.any())
+  if key is None and (x_T is None or (draws and method in ("ddpm", "ddim"))):
+    raise ValueError(f"sample(method={method!r}) needs a PRNG key to draw "
+                     f"{'x_T' if x_T is None else 'the step noise'}; pass key=jax.random.key(...)"
+                     " (or the noise itself)")
+  init_key, step_key = jax.random.split(key) if key is not None else (None, None)
   if x_T is None:
     x_T = jax.random.normal(init_key, shape, jnp.float32)
   elif tuple(x_T.shape) != shape:
     raise ValueError(f"x_T shape {x_T.shape} must equal the sample shape {shape}")
+  if method in ("dpmpp_2m", "plms"):
+    if noise is not None:
+      raise ValueError(f"{method} is deterministic: it takes no per-step noise")
+    if method == "dpmpp_2m":
+      return dpmpp_2m_sample(denoise_fn, schedule, x_T, table, prev_table=prev,
+                             prediction_type=prediction_type, final_alpha_bar=final_alpha_bar,
+                             clip_sample=clip_sample, clip_sample_range=clip_sample_range,
+                             return_trajectory=return_trajectory)
+    if clip_sample:
+      raise ValueError("plms works on noise estimates and does not clip; use clip_sample=False")
+    return plms_sample(denoise_fn, schedule, x_T, plms_table(table), prev_table=plms_table(prev),
+                       prediction_type=prediction_type, final_alpha_bar=final_alpha_bar,
+                       return_trajectory=return_trajectory)
   if noise is not None and tuple(noise.shape) != (table.shape[0],) + shape:
     raise ValueError(f"noise must have shape {(table.shape[0],) + shape} (one draw per table "
                      f"entry), got {noise.shape}")
@@ -90,16 +125,22 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, key: jax.Array, shape, tab
       grad = None if guidance_grad_fn is None else guidance_grad_fn(x, t_vec)
       return ddpm_step(schedule, x, t, out, z, prev_t=t_prev, prediction_type=prediction_type,
                        variance_type=variance_type, clip_sample=clip_sample,
-                       guidance_grad=grad)
+                       clip_sample_range=clip_sample_range, final_alpha_bar=final_alpha_bar,
+                       last_step_noise=last_step_noise, guidance_grad=grad)
     return ddim_step(schedule, x, t, t_prev, out, z, eta=eta,
-                     prediction_type=prediction_type, clip_sample=clip_sample)
+                     prediction_type=prediction_type, clip_sample=clip_sample,
+                     clip_sample_range=clip_sample_range, final_alpha_bar=final_alpha_bar)
 
   def body(x, inputs):
     i, t, t_prev = inputs[:3]
 
     def live():  # the noise is drawn inside the branch: padded entries cost nothing
-      z = inputs[3] if noise is not None else jax.random.normal(
-          jax.random.fold_in(step_key, i), shape, x.dtype)
+      if noise is not None:
+        z = inputs[3]
+      elif draws:
+        z = jax.random.normal(jax.random.fold_in(step_key, i), shape, x.dtype)
+      else:  # DDIM with eta = 0: the noise is multiplied by 0
+        z = jnp.zeros(shape, x.dtype)
       return step(x, t, t_prev, z)
 
     x = jax.lax.cond(t >= 0, live, lambda: x)

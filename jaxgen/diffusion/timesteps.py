@@ -11,6 +11,10 @@ Tables are descending int32. The *previous* timestep of entry i is the next entr
 (and -1 after the last), which is what the papers' samplers use; diffusers instead takes
 ``t - T // n``, which differs under ``trailing``/``linspace`` (see
 docs/differences_from_diffusers.md). :func:`previous_timesteps` gives both.
+
+diffusers' DPM-Solver builds its tables differently (n + 1 points, the last dropped, and an
+optional cut of the high-noise end by ``lambda_min_clipped``): :func:`dpm_solver_timesteps`.
+PNDM's PLMS table repeats an entry: :func:`jaxgen.diffusion.plms_table`.
 """
 from __future__ import annotations
 
@@ -42,6 +46,40 @@ def timesteps(num_train_timesteps: int, num_inference_steps: int, spacing: str =
     table = np.round(np.arange(T, 0, -T / n)) - 1
   else:
     table = np.linspace(0, T - 1, n).round()[::-1]
+  table = table.astype(np.int64)
+  if table.max() >= T or table.min() < 0:
+    raise ValueError(f"steps_offset={steps_offset} puts timesteps outside [0, {T - 1}]")
+  return table.astype(np.int32)
+
+
+def dpm_solver_timesteps(num_train_timesteps: int, num_inference_steps: int,
+                         spacing: str = "linspace", steps_offset: int = 0,
+                         last_timestep: int | None = None) -> np.ndarray:
+  """The descending [n] int32 table of diffusers' ``DPMSolverMultistepScheduler.set_timesteps``.
+
+  With L = last_timestep (T unless ``lambda_min_clipped`` cuts the noisiest timesteps):
+
+  * ``linspace``: round(linspace(0, L - 1, n + 1)), descending, without its last entry (0);
+  * ``leading``:  [n, n - 1, ..., 1] * (L // (n + 1)) + steps_offset;
+  * ``trailing``: round(arange(L, 0, -T / n)) - 1.
+
+  Raises:
+    ValueError: unknown spacing, n < 1 or n > T, or a table outside [0, T - 1].
+  """
+  T, n = int(num_train_timesteps), int(num_inference_steps)
+  L = T if last_timestep is None else int(last_timestep)
+  if spacing not in SPACINGS:
+    raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
+  if not 1 <= n <= T:
+    raise ValueError(f"num_inference_steps must be in [1, {T}] (the training timesteps), got {n}")
+  if not 1 <= L <= T:
+    raise ValueError(f"last_timestep must be in [1, {T}], got {L}")
+  if spacing == "linspace":
+    table = np.linspace(0, L - 1, n + 1).round()[::-1][:-1]
+  elif spacing == "leading":
+    table = (np.arange(0, n + 1) * (L // (n + 1))).round()[::-1][:-1] + steps_offset
+  else:
+    table = np.arange(L, 0, -T / n).round() - 1
   table = table.astype(np.int64)
   if table.max() >= T or table.min() < 0:
     raise ValueError(f"steps_offset={steps_offset} puts timesteps outside [0, {T - 1}]")
