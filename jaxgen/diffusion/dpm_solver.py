@@ -70,7 +70,8 @@ def dpmpp_2m_update(x_s: jax.Array, x0_s: jax.Array, ab_s, ab_t, *, x0_last=None
   first = (sigma_t / sigma_s) * x_s - (alpha_t * e) * x0_s
   if x0_last is None:
     return first
-  use2 = jnp.asarray(second_order) & (sigma_t > 0)
+  # A repeated timestep (lambda_s = lambda_last) would divide by r = 0: first order there.
+  use2 = jnp.asarray(second_order) & (sigma_t > 0) & (lambda_s > lambda_last)
   # Guarded values: the unused branch stays finite (no inf * 0 under jnp.where, nor in grads).
   h2 = jnp.where(use2, h, 1.0)
   r = jnp.where(use2, (lambda_s - lambda_last), 1.0) / h2

@@ -84,7 +84,6 @@ _CHOICES = {
     "beta_schedule": tuple(BETA_SCHEDULES),
     "timestep_spacing": SPACINGS,
     "thresholding": (False,),
-    "variance_type": ("fixed_small", "fixed_small_log", "fixed_large"),
     "skip_prk_steps": (True,),
     "algorithm_type": ("dpmsolver++",),
     "solver_order": (1, 2),
@@ -93,12 +92,13 @@ _CHOICES = {
     "use_karras_sigmas": (False,), "use_exponential_sigmas": (False,),
     "use_beta_sigmas": (False,), "use_lu_lambdas": (False,), "use_flow_sigmas": (False,),
 }
-_CLASS_CHOICES = {("PNDMScheduler", "prediction_type"): ("epsilon", "v_prediction"),
-                  ("DPMSolverMultistepScheduler", "variance_type"): (None,)}
+_CLASS_CHOICES = {("PNDMScheduler", "prediction_type"): ("epsilon", "v_prediction")}
 _BOOLS = ("clip_sample", "set_alpha_to_one", "rescale_betas_zero_snr", "lower_order_final",
           "euler_at_final")
+# DDPM's variance types: fixed_small_log draws exp(log(var) / 2) z = sqrt(var) z, and None
+# (a DPM-Solver config's value carried over) falls through to fixed_small in diffusers.
 _DDPM_VARIANCE = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
-                  "fixed_large": "fixed_large"}
+                  "fixed_large": "fixed_large", None: "fixed_small"}
 _SAMPLERS = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm",
              "DPMSolverMultistepScheduler": "dpmpp_2m", "PNDMScheduler": "plms"}
 _ALL_KEYS = frozenset(k for d in DEFAULTS.values() for k in d) | OTHER_SCHEDULER_KEYS
@@ -127,9 +127,21 @@ def _is_number(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+_HINTS = {
+    "skip_prk_steps": "PNDM's Runge-Kutta warm-up is not implemented; the PLMS form with "
+                      "skip_prk_steps=true is what Stable Diffusion configs use",
+    "thresholding": "dynamic thresholding (Saharia et al. 2022) is not implemented",
+    "algorithm_type": "jaxgen implements the deterministic DPM-Solver++ (data prediction)",
+    "solver_order": "the third-order multistep update is not implemented",
+    "use_karras_sigmas": "only the training timesteps' own sigmas are implemented",
+}
+
+
 def _validate(cls: str, p: dict) -> None:
   def bad(key, expected):
-    raise ValueError(f"{cls} config: {key}={p[key]!r} is not supported; expected {expected}")
+    hint = f" ({_HINTS[key]})" if key in _HINTS else ""
+    raise ValueError(f"{cls} config: {key}={p[key]!r} is not supported; expected "
+                     f"{expected}{hint}")
 
   for key, allowed in _CHOICES.items():
     allowed = _CLASS_CHOICES.get((cls, key), allowed)
@@ -139,6 +151,12 @@ def _validate(cls: str, p: dict) -> None:
       bad(key, f"one of {allowed}")
   if p["prediction_type"] not in _CLASS_CHOICES.get((cls, "prediction_type"), PREDICTION_TYPES):
     bad("prediction_type", f"one of {_CLASS_CHOICES.get((cls, 'prediction_type'), PREDICTION_TYPES)}")
+  if cls == "DDPMScheduler" and p["variance_type"] not in _DDPM_VARIANCE:
+    bad("variance_type", f"one of {tuple(_DDPM_VARIANCE)} (learned variances need a model "
+        "with 2C output channels, fixed_large_log gives NaN in diffusers)")
+  if cls == "DPMSolverMultistepScheduler" and p["variance_type"] in ("learned", "learned_range"):
+    bad("variance_type", "null: learned variances (a model with 2C output channels) are not "
+        "supported")
   for key in _BOOLS:
     if key in p and not isinstance(p[key], bool):
       bad(key, "true or false")
@@ -176,6 +194,14 @@ def _resolve(cls: str, given: tuple) -> dict:
 @functools.lru_cache(maxsize=64)
 def _schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
               rescale, dpm_clamp) -> Schedule:
+  # Concrete arrays even when first asked for inside a jit trace (the result is cached).
+  with jax.ensure_compile_time_eval():
+    return _make_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule,
+                          trained_betas, rescale, dpm_clamp)
+
+
+def _make_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                   rescale, dpm_clamp) -> Schedule:
   if trained_betas is not None:
     betas = np.asarray(trained_betas, np.float32)
     if rescale:
@@ -187,9 +213,10 @@ def _schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_
   if rescale and dpm_clamp:
     # diffusers' DPM-Solver replaces the exact zero of alpha_bar_{T-1} by 2^-24, so that
     # lambda stays finite at the first step.
-    ac = s.alphas_cumprod.at[-1].set(2.0 ** -24)
-    s = s.replace(alphas_cumprod=ac, sqrt_alphas_cumprod=jnp.sqrt(ac),
-                  sqrt_one_minus_alphas_cumprod=jnp.sqrt(1.0 - ac))
+    ac = np.asarray(s.alphas_cumprod, np.float32).copy()
+    ac[-1] = 2.0 ** -24
+    s = s.replace(alphas_cumprod=jnp.asarray(ac), sqrt_alphas_cumprod=jnp.asarray(np.sqrt(ac)),
+                  sqrt_one_minus_alphas_cumprod=jnp.asarray(np.sqrt(np.float32(1) - ac)))
   return s
 
 
@@ -290,7 +317,7 @@ class SchedulerConfig:
     (DDIM, PNDM), else 1."""
     if self.class_name in ("DDIMScheduler", "PNDMScheduler") and not self.params[
         "set_alpha_to_one"]:
-      return float(self.schedule().alphas_cumprod[0])
+      return float(np.asarray(self.schedule().alphas_cumprod)[0])
     return 1.0
 
   # ------------------------------------------------------------------ numerics
