@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["jaxgen", "jaxgen.*", "experiments", "experiments.*"]),
+    package_data={"jaxgen.pipelines": ["configs/*/*/*.json"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.10",

@@ -34,3 +34,10 @@ from jaxgen.nn.clip import (CLIP_MEAN, CLIP_STD, CLIPConfig, CLIPModel, CLIPText
 __all__ += ["CLIP_MEAN", "CLIP_STD", "CLIPConfig", "CLIPModel", "CLIPTextConfig", "CLIPTextModel",
             "CLIPTextTransformer", "CLIPVisionConfig", "CLIPVisionTransformer", "clip_preprocess",
             "pool_text_features"]
+
+from jaxgen.nn.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig, init_autoencoder_kl
+from jaxgen.nn.unet_condition import (UNet2DConditionConfig, UNet2DConditionModel,
+                                      init_unet_condition)
+
+__all__ += ["AutoencoderKL", "AutoencoderKLConfig", "init_autoencoder_kl",
+            "UNet2DConditionConfig", "UNet2DConditionModel", "init_unet_condition"]
