@@ -154,6 +154,7 @@ def test_load_published_configs():
     ({"_class_name": "DDIMScheduler", "timestep_spacing": "uniform"}, "leading"),
     ({"_class_name": "DDPMScheduler", "variance_type": "learned_range"}, "fixed_large"),
     ({"_class_name": "DDPMScheduler", "trained_betas": [0.1, 0.2]}, "trained_betas"),
+    ({"_class_name": "DDPMScheduler", "beta_start": 0.1}, "beta_start <= beta_end"),
     ({"_class_name": "PNDMScheduler"}, "skip_prk_steps=False.*Runge-Kutta"),
     ({"_class_name": "PNDMScheduler", "skip_prk_steps": True, "prediction_type": "sample"},
      "'epsilon', 'v_prediction'"),

@@ -7,8 +7,8 @@ from jaxgen.diffusion.guidance import (cfg, cfg_negative, cfg_negative_replace, 
                                        classifier_mean_shift, guidance_combine,
                                        log_prob_from_logits, rescale_guidance)
 from jaxgen.diffusion.losses import (diffusion_loss, discretized_gaussian_log_likelihood,
-                                     example_keys, loss_target, sample_t_and_noise, normal_kl, prior_bpd, variational_bound_bpd,
-                                     vb_terms_bpd)
+                                     example_keys, loss_target, normal_kl, prior_bpd,
+                                     sample_t_and_noise, variational_bound_bpd, vb_terms_bpd)
 from jaxgen.diffusion.process import (PREDICTION_TYPES, alpha_bar_at, convert_output,
                                       eps_from_x0, predict_x0_eps, q_mean_variance,
                                       q_posterior_mean_variance, q_sample, v_from_x0_eps,

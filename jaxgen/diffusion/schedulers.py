@@ -149,8 +149,9 @@ def _validate(cls: str, p: dict) -> None:
       if key == "beta_schedule" and p.get("trained_betas") is not None:
         continue  # the betas are given: the schedule name is not used
       bad(key, f"one of {allowed}")
-  if p["prediction_type"] not in _CLASS_CHOICES.get((cls, "prediction_type"), PREDICTION_TYPES):
-    bad("prediction_type", f"one of {_CLASS_CHOICES.get((cls, 'prediction_type'), PREDICTION_TYPES)}")
+  predictions = _CLASS_CHOICES.get((cls, "prediction_type"), PREDICTION_TYPES)
+  if p["prediction_type"] not in predictions:
+    bad("prediction_type", f"one of {predictions}")
   if cls == "DDPMScheduler" and p["variance_type"] not in _DDPM_VARIANCE:
     bad("variance_type", f"one of {tuple(_DDPM_VARIANCE)} (learned variances need a model "
         "with 2C output channels, fixed_large_log gives NaN in diffusers)")
@@ -172,8 +173,11 @@ def _validate(cls: str, p: dict) -> None:
     bad("clip_sample_range", "a positive number")
   tb = p["trained_betas"]
   if tb is not None and (not isinstance(tb, tuple) or len(tb) != T
-                         or not all(_is_number(b) for b in tb)):
-    bad("trained_betas", f"null or a list of num_train_timesteps={T} numbers")
+                         or not all(_is_number(b) and 0 < b <= 1 for b in tb)):
+    bad("trained_betas", f"null or a list of num_train_timesteps={T} numbers in (0, 1]")
+  if tb is None and p["beta_schedule"] != "squaredcos_cap_v2" and not (
+      0 < p["beta_start"] <= p["beta_end"] < 1):
+    bad("beta_start", f"0 < beta_start <= beta_end < 1 (beta_end={p['beta_end']!r})")
 
 
 @functools.lru_cache(maxsize=256)

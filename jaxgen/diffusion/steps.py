@@ -1,10 +1,10 @@
 """Single reverse steps: DDPM ancestral (Ho et al. 2020) and DDIM (Song et al. 2021).
 
 Both work between any two timesteps ``t > prev_t`` (any ``prev_t < 0`` meaning past the last
-step: alpha_bar_prev = ``final_alpha_bar``, 1 by default, the clean data), so sampling with fewer steps than training uses the same functions: the DDPM
-step between t and prev_t is the ancestral step of the respaced chain with
-alpha'_t = alpha_bar_t / alpha_bar_prev (Nichol & Dhariwal 2021, sec. 4), which equals Ho et
-al.'s Algorithm 2 when prev_t = t - 1.
+step: alpha_bar_prev = ``final_alpha_bar``, 1 by default, the clean data), so sampling with
+fewer steps than training uses the same functions: the DDPM step between t and prev_t is the
+ancestral step of the respaced chain with alpha'_t = alpha_bar_t / alpha_bar_prev (Nichol &
+Dhariwal 2021, sec. 4), which equals Ho et al.'s Algorithm 2 when prev_t = t - 1.
 
 The noise is an argument, so that results can be compared bit for bit with another library.
 """
