@@ -36,6 +36,8 @@ def _prompts(ref, key="prompts"):
     ("ddim", "DDIMScheduler", 10, 7.5, False),
     ("ddim_neg", "DDIMScheduler", 10, 7.5, True),
     ("ddim_v", "scheduler_ddim_v.json", 8, 3.0, False),
+    ("dpmpp", "DPMSolverMultistepScheduler", 12, 5.0, False),
+    ("dpmpp_neg", "DPMSolverMultistepScheduler", 20, 7.5, True),
 ])
 def test_txt2img_matches_diffusers(pipe, ref, name, scheduler, steps, guidance, negative):
   if scheduler and scheduler.endswith(".json"):
@@ -49,11 +51,13 @@ def test_txt2img_matches_diffusers(pipe, ref, name, scheduler, steps, guidance, 
   assert err < TOL, (name, err)
 
 
-def test_img2img_matches_diffusers(pipe, ref):
-  out = img2img(pipe.with_scheduler("DDIMScheduler"), ref["img2img_init"], _prompts(ref),
-                jax.random.key(1), strength=0.6, num_inference_steps=10, guidance_scale=7.5,
-                noise=ref["img2img_noise"], encoder_noise=ref["img2img_encoder_noise"])
-  assert float(jnp.max(jnp.abs(out - ref["img2img_images"]))) < TOL
+@pytest.mark.parametrize("name,scheduler,strength", [
+    ("img2img", "DDIMScheduler", 0.6), ("img2img_dpmpp", "DPMSolverMultistepScheduler", 0.75)])
+def test_img2img_matches_diffusers(pipe, ref, name, scheduler, strength):
+  out = img2img(pipe.with_scheduler(scheduler), ref["img2img_init"], _prompts(ref),
+                jax.random.key(1), strength=strength, num_inference_steps=10, guidance_scale=7.5,
+                noise=ref[f"{name}_noise"], encoder_noise=ref[f"{name}_encoder_noise"])
+  assert float(jnp.max(jnp.abs(out - ref[f"{name}_images"]))) < TOL
 
 
 def test_negative_prompts_change_the_images(pipe, ref):

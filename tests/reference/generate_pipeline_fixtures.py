@@ -113,6 +113,9 @@ def main() -> None:
   if os.path.exists(OUT):
     shutil.rmtree(OUT)
   pipe.save_pretrained(OUT, safe_serialization=True)
+  # Every run uses the saved folder, as a user of both libraries would.
+  pipe = StableDiffusionPipeline.from_pretrained(OUT, safety_checker=None,
+                                                 requires_safety_checker=False)
   gen = torch.Generator().manual_seed(7)
   latents = torch.randn((2, 4, 8, 8), generator=gen)
   data = {"prompts": np.array(PROMPTS), "negative_prompts": np.array(NEGATIVE),
