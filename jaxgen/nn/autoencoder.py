@@ -6,6 +6,10 @@ The convolutional variant follows the layout of the VQGAN / latent-diffusion aut
 (residual, optional self-attention at the lowest resolution, residual), then group norm,
 SiLU and a 3x3 conv to the latent. The decoder mirrors it with nearest-neighbour 2x
 upsampling. The MLP variant (Kingma & Welling 2014, appendix C) flattens the image.
+The "kl" variant is `jaxgen.nn.AutoencoderKL` (diffusers' layout, exactly: its parameters
+under `params["kl"]` save as a diffusers `vae/` folder with `save_diffusers_autoencoder_kl`);
+the encoder's moments come from its `quant_conv`, the decoder is one piece (no separate
+last layer, so no VQGAN adaptive weight) and it is unconditional.
 
 The decoder's last layer is a separate submodule (`decoder_out`), so that its parameters
 are one subtree: VQGAN's adaptive weight takes gradients with respect to it.
@@ -26,11 +30,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nn.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
 from jaxgen.nn.init import init_from_shapes, module_param_shapes
 from jaxgen.nn.layers import (AttentionBlock, Downsample2D, GroupNorm, ResnetBlock2D,
                               Upsample2D)
 
-ARCHITECTURES = ("conv", "mlp")
+ARCHITECTURES = ("conv", "mlp", "kl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,12 +47,13 @@ class AutoencoderConfig:
     in_channels: image channels.
     latent_channels: channels of the latent map (conv) or latent dimension (mlp); for a
       VQ model, the code dimension.
-    architecture: "conv" or "mlp".
-    block_out_channels: channels per resolution level (conv); len - 1 downsamplings.
-    layers_per_block: residual blocks per level (conv).
-    norm_num_groups: GroupNorm groups (conv); must divide every channel count.
-    mid_attention: self-attention in the middle block, at the lowest resolution (conv).
-    attention_heads: heads of that attention.
+    architecture: "conv", "mlp" or "kl" (`AutoencoderKL`, see `kl_config`).
+    block_out_channels: channels per resolution level (conv, kl); len - 1 downsamplings.
+    layers_per_block: residual blocks per level (conv, kl; kl's decoder has one more, as
+      diffusers').
+    norm_num_groups: GroupNorm groups (conv, kl); must divide every channel count.
+    mid_attention: self-attention in the middle block, at the lowest resolution (conv, kl).
+    attention_heads: heads of that attention (conv; kl's has one head, as diffusers').
     mlp_hidden: hidden widths of the MLP encoder (the decoder uses them reversed).
     double_latent: the encoder outputs mean and log-variance (VAE).
     num_classes: number of labels for a conditional model, or None.
@@ -85,7 +91,10 @@ class AutoencoderConfig:
     if self.num_classes is not None and self.num_classes < 2:
       raise ValueError(f"AutoencoderConfig: num_classes must be None or >= 2, got "
                        f"{self.num_classes}")
-    if self.architecture == "conv":
+    if self.architecture == "kl" and self.num_classes is not None:
+      raise ValueError("AutoencoderConfig: architecture='kl' is unconditional (num_classes "
+                       "must be None); use architecture='conv' for a CVAE")
+    if self.architecture in ("conv", "kl"):
       if not self.block_out_channels or min(self.block_out_channels) < 1:
         raise ValueError("AutoencoderConfig: block_out_channels needs at least one positive "
                          f"channel count, got {self.block_out_channels}")
@@ -109,7 +118,7 @@ class AutoencoderConfig:
 
   @property
   def downsample_factor(self) -> int:
-    return 2 ** (len(self.block_out_channels) - 1) if self.architecture == "conv" else 1
+    return 2 ** (len(self.block_out_channels) - 1) if self.architecture != "mlp" else 1
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -122,6 +131,21 @@ class AutoencoderConfig:
       return (self.latent_channels,)
     f = self.downsample_factor
     return (self.image_size[0] // f, self.image_size[1] // f, self.latent_channels)
+
+  @property
+  def kl_config(self) -> AutoencoderKLConfig:
+    """The `AutoencoderKLConfig` of architecture "kl" (scaling_factor 1: a latent diffusion
+    model sets its own from the latents' std, Rombach et al. 2022, sec. 4.3.2)."""
+    if self.architecture != "kl":
+      raise ValueError(f"kl_config: architecture is {self.architecture!r}, not 'kl'")
+    n = len(self.block_out_channels)
+    return AutoencoderKLConfig(
+        in_channels=self.in_channels, out_channels=self.out_channels or self.in_channels,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=self.block_out_channels, layers_per_block=self.layers_per_block,
+        latent_channels=self.latent_channels, norm_num_groups=self.norm_num_groups,
+        sample_size=self.image_size, scaling_factor=1.0,
+        mid_block_add_attention=self.mid_attention)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -156,6 +180,11 @@ def _label_maps(label: jax.Array | None, num_classes: int | None, x: jax.Array) 
   onehot = onehot.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (num_classes,))
   onehot = jnp.broadcast_to(onehot, x.shape[:-1] + (num_classes,))
   return jnp.concatenate([x, onehot], axis=-1)
+
+
+def _no_label(label):
+  if label is not None:
+    raise ValueError("architecture='kl' is unconditional: pass no label")
 
 
 class Encoder(nn.Module):
@@ -242,6 +271,9 @@ class Autoencoder(nn.Module):
 
   def setup(self):
     c = self.config
+    if c.architecture == "kl":
+      self.kl = AutoencoderKL(c.kl_config)
+      return
     self.encoder = Encoder(c)
     self.decoder = Decoder(c)
     out_ch = c.out_channels or c.in_channels
@@ -249,6 +281,12 @@ class Autoencoder(nn.Module):
       self.decoder_out = nn.Dense(math.prod(c.image_size) * out_ch)
     else:
       self.decoder_out = _conv(out_ch, 3, None)
+
+  def _no_head(self, what: str):
+    if self.config.architecture == "kl":
+      raise ValueError(f"Autoencoder.{what}: architecture='kl' decodes in one piece (no "
+                       "separate last layer, so no VQGAN adaptive weight); use decode, or "
+                       "architecture='conv'")
 
   def _check_image(self, x):
     c = self.config
@@ -259,10 +297,15 @@ class Autoencoder(nn.Module):
   def encode(self, x: jax.Array, label: jax.Array | None = None) -> jax.Array:
     """Args: x [B, H, W, C] in [-1, 1]. Returns latent (or moments), see `Encoder`."""
     self._check_image(x)
+    if self.config.architecture == "kl":
+      _no_label(label)
+      mean, logvar = self.kl.encode(x)
+      return jnp.concatenate([mean, logvar], -1) if self.config.double_latent else mean
     return self.encoder(x, label)
 
   def decode_trunk(self, z: jax.Array, label: jax.Array | None = None) -> jax.Array:
     """The decoder up to (not including) its last layer."""
+    self._no_head("decode_trunk")
     want = self.config.latent_shape
     if tuple(z.shape[1:]) != want:
       raise ValueError(f"decode expects latents [B, {', '.join(map(str, want))}], got {z.shape}")
@@ -270,6 +313,7 @@ class Autoencoder(nn.Module):
 
   def decode_head(self, h: jax.Array) -> jax.Array:
     """The decoder's last layer: features -> [B, H, W, out_channels] (raw: mean or logits)."""
+    self._no_head("decode_head")
     out = self.decoder_out(h)
     if self.config.architecture == "mlp":
       out = out.reshape((h.shape[0],) + self.config.image_size + (-1,))
@@ -277,6 +321,13 @@ class Autoencoder(nn.Module):
 
   def decode(self, z: jax.Array, label: jax.Array | None = None) -> jax.Array:
     """Args: z [B, *latent_shape]. Returns the decoder output [B, H, W, out_channels]."""
+    if self.config.architecture == "kl":
+      _no_label(label)
+      want = self.config.latent_shape
+      if tuple(z.shape[1:]) != want:
+        raise ValueError(f"decode expects latents [B, {', '.join(map(str, want))}], got "
+                         f"{z.shape}")
+      return self.kl.decode(z)
     return self.decode_head(self.decode_trunk(z, label))
 
   def __call__(self, x: jax.Array, label: jax.Array | None = None) -> jax.Array:

@@ -1,4 +1,5 @@
-"""The config of the ``autoencoder`` family: AE, VAE, beta-VAE sweep, CVAE, VQ-VAE, VQGAN.
+"""The config of the ``autoencoder`` family: AE, VAE, beta-VAE sweep, CVAE, VQ-VAE, VQGAN,
+and LDM's KL autoencoder (``model.architecture="kl"`` with kind "vae").
 
 ``model`` holds `jaxgen.nn.AutoencoderConfig` fields (image size and channels default to the
 data's; ``double_latent`` follows ``autoencoder.kind`` and ``num_classes`` the labels of a
@@ -107,6 +108,13 @@ class AutoencoderExperiment(Config):
                         f"not kind={a.kind!r}")
     if a.betas and a.kind != "vae":
       raise ConfigError(f"autoencoder.betas (a beta sweep) needs kind='vae', not {a.kind!r}")
+    arch = self.model.get("architecture", "conv")
+    if arch == "kl" and a.kind not in ("ae", "vae"):
+      raise ConfigError(f"model.architecture='kl' (AutoencoderKL) trains with kind 'vae' or "
+                        f"'ae', not kind={a.kind!r}; VQ kinds use architecture='conv'")
+    if arch == "kl" and a.conditional:
+      raise ConfigError("model.architecture='kl' is unconditional; a CVAE (autoencoder."
+                        "conditional) needs architecture='conv' or 'mlp'")
     p = a.perceptual
     if not (p in ("classifier", "none") or (p.startswith("vgg16:") and len(p) > 6)):
       raise ConfigError(f"autoencoder.perceptual must be 'classifier', 'none' or "
