@@ -192,6 +192,7 @@ class DataConfig:
   image_size: int | None = None    # None: the dataset's own size
   batch_size: int = 128            # global batch, split over devices
   data_dir: str | None = None      # TFDS data directory
+  held_out: bool = False           # shapes: train without jaxgen.data.SHAPES_HELD_OUT's combinations
 
 
 @dataclasses.dataclass

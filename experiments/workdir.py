@@ -26,7 +26,7 @@ CONFIG_FILE = "config.json"
 def build_source(config: Config, split: str):
   """The dataset split named by ``config.data``."""
   return jdata.get_source(config.data.name, split, image_size=config.data.image_size,
-                          data_dir=config.data.data_dir)
+                          data_dir=config.data.data_dir, held_out=config.data.held_out)
 
 
 def run_record(config: Config, command: str, **extra) -> dict:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from jaxgen.data.digits import DigitsSource
 from jaxgen.data.loader import Loader
-from jaxgen.data.shapes import (SHAPES_ATTRIBUTES, SHAPES_COLORS_RGB, SHAPES_IMAGE_SIZES,
-                                ShapesSource, make_shapes, shapes_attribute_values,
-                                shapes_caption)
+from jaxgen.data.shapes import (SHAPES_ATTRIBUTES, SHAPES_COLORS_RGB, SHAPES_HELD_OUT,
+                                SHAPES_IMAGE_SIZES, ShapesSource, make_shapes,
+                                shapes_attribute_values, shapes_caption, shapes_held_out_mask)
 from jaxgen.data.sources import (ArraySource, Source, center_crop, check_batch, load_all,
                                  resize_images, uint8_to_float)
 from jaxgen.data.tfds_source import TFDS_DATASETS, TfdsSource, prepare_command
@@ -26,7 +26,7 @@ DATASETS = EMBEDDED_DATASETS + tuple(TFDS_DATASETS)
 
 
 def get_source(name: str, split: str, *, image_size: int | None = None,
-               data_dir: str | None = None) -> Source:
+               data_dir: str | None = None, held_out: bool = False) -> Source:
   """Opens split `split` of dataset `name` (one of :data:`DATASETS`).
 
   Args:
@@ -37,6 +37,8 @@ def get_source(name: str, split: str, *, image_size: int | None = None,
     image_size: output side S; None keeps the dataset's default (digits 8, shapes 32,
       mnist 28, cifar10 32, celeb_a 64).
     data_dir: TFDS data directory; ignored by embedded datasets.
+    held_out: ``shapes`` train split only: without the images of the ten attribute
+      combinations of :data:`SHAPES_HELD_OUT`.
 
   Returns:
     A :class:`Source`.
@@ -45,10 +47,13 @@ def get_source(name: str, split: str, *, image_size: int | None = None,
     ValueError: for an unknown name, split or image size.
     FileNotFoundError: when a TFDS dataset is not prepared (says how to prepare it).
   """
+  if held_out and name != "shapes":
+    raise ValueError(f"held_out (training without SHAPES_HELD_OUT's attribute combinations) "
+                     f"needs the 'shapes' dataset, not {name!r}")
   if name == "digits":
     return DigitsSource(split, image_size)
   if name == "shapes":
-    return ShapesSource(split, image_size)
+    return ShapesSource(split, image_size, held_out=held_out and split == "train")
   if name in TFDS_DATASETS:
     return TfdsSource(name, split, image_size=image_size, data_dir=data_dir)
   raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}.")
@@ -56,8 +61,8 @@ def get_source(name: str, split: str, *, image_size: int | None = None,
 
 __all__ = [
     "DATASETS", "EMBEDDED_DATASETS", "TFDS_DATASETS", "SHAPES_ATTRIBUTES",
-    "SHAPES_COLORS_RGB", "SHAPES_IMAGE_SIZES", "ArraySource", "DigitsSource", "Loader",
+    "SHAPES_COLORS_RGB", "SHAPES_HELD_OUT", "SHAPES_IMAGE_SIZES", "ArraySource", "DigitsSource", "Loader",
     "ShapesSource", "Source", "TfdsSource", "center_crop", "check_batch", "get_source",
     "load_all", "make_shapes", "prepare_command", "resize_images", "shapes_attribute_values",
-    "shapes_caption", "uint8_to_float",
+    "shapes_caption", "shapes_held_out_mask", "uint8_to_float",
 ]

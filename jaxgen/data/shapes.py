@@ -11,6 +11,10 @@ as label with ``ShapesSource(..., label_attribute="color")``.
 Generation is vectorised numpy, anti-aliased by rendering at twice the resolution and
 averaging 2x2 blocks, deterministic in its seed, and cached in-process. The splits use
 fixed seeds: 10000 train and 2000 test images that differ from each other.
+
+:data:`SHAPES_HELD_OUT` names ten attribute combinations that a model of composition can be
+trained without (``ShapesSource("train", held_out=True)`` drops their 472 images, 4.7% of
+the split): every value of every attribute still appears, only these pairings are never seen.
 """
 from __future__ import annotations
 
@@ -34,6 +38,20 @@ SHAPES_COLORS_RGB = np.array([[230, 40, 40], [40, 200, 60], [50, 90, 240], [240,
 SHAPES_BACKGROUND_RGB = np.array([0, 0, 0], np.uint8)
 SHAPES_IMAGE_SIZES = (16, 32, 64)
 SHAPES_SPLITS = {"train": (10_000, 20_251), "test": (2_000, 31_337)}  # (size, fixed seed)
+# (size, colour, shape, position) of the held-out combinations; every position once, the
+# centre twice, each shape three or four times, each colour two or three times.
+_HELD_OUT_NAMES = (
+    ("small", "red", "square", "bottom right"), ("large", "green", "circle", "top left"),
+    ("small", "blue", "triangle", "center"), ("large", "yellow", "square", "left"),
+    ("small", "green", "triangle", "top right"), ("large", "blue", "circle", "bottom"),
+    ("small", "yellow", "circle", "right"), ("large", "red", "triangle", "top"),
+    ("small", "blue", "square", "bottom left"), ("small", "red", "circle", "center"))
+# The same as attribute indices (shape, color, size, position), the argument order of
+# `shapes_caption`.
+SHAPES_HELD_OUT = tuple(
+    (SHAPES_ATTRIBUTES["shape"].index(sh), SHAPES_ATTRIBUTES["color"].index(c),
+     SHAPES_ATTRIBUTES["size"].index(sz), SHAPES_ATTRIBUTES["position"].index(p))
+    for sz, c, sh, p in _HELD_OUT_NAMES)
 
 # Natural phrase per position (the value name is used for the grid cell, the phrase in
 # captions: "on the left", "in the center").
@@ -65,6 +83,12 @@ def shapes_caption(shape: int, color: int, size: int, position: int) -> str:
   a = SHAPES_ATTRIBUTES
   words = (a["size"][size], a["color"][color], a["shape"][shape], _POSITION_PHRASES[position])
   return "a " + " ".join(words)
+
+
+def shapes_held_out_mask(shape, color, size, position) -> np.ndarray:
+  """True where the attributes (arrays [N]) form one of :data:`SHAPES_HELD_OUT`."""
+  combo = np.stack([np.asarray(v) for v in (shape, color, size, position)], -1)  # [N, 4]
+  return np.any(np.all(combo[:, None, :] == np.asarray(SHAPES_HELD_OUT)[None], -1), -1)
 
 
 def _render(shape, cx, cy, half, image_size):
@@ -155,13 +179,15 @@ class ShapesSource(ArraySource):
   """
 
   def __init__(self, split: str, image_size: int | None = None, *,
-               label_attribute: str = "shape"):
+               label_attribute: str = "shape", held_out: bool = False):
     """Generates (or fetches from the cache) the split.
 
     Args:
       split: ``'train'`` (10000 images) or ``'test'`` (2000).
       image_size: side S in :data:`SHAPES_IMAGE_SIZES`; None means 32.
       label_attribute: attribute used as ``'label'``.
+      held_out: drop the images of the :data:`SHAPES_HELD_OUT` combinations (train split
+        only: 9528 of 10000 images stay; the test split keeps them to test on).
     """
     if split not in SHAPES_SPLITS:
       raise ValueError(f"unknown split {split!r} for 'shapes'; expected one of "
@@ -174,10 +200,18 @@ class ShapesSource(ArraySource):
     num, seed = SHAPES_SPLITS[split]
     data = make_shapes(num, size, seed)
     fields = {k: data[k] for k in SHAPES_ATTRIBUTES}
-    super().__init__("shapes", split, data["image"],
-                     {"label": data[label_attribute], **fields},
+    images, labels = data["image"], data[label_attribute]
+    if held_out:
+      if split != "train":
+        raise ValueError(f"held_out drops combinations from the train split; the {split!r} "
+                         "split keeps every combination to test on")
+      keep = ~shapes_held_out_mask(*(fields[k] for k in SHAPES_ATTRIBUTES))
+      images, labels = images[keep], labels[keep]
+      fields = {k: v[keep] for k, v in fields.items()}
+    super().__init__("shapes", split, images, {"label": labels, **fields},
                      num_classes=len(class_names), class_names=class_names)
     self.label_attribute = label_attribute
+    self.held_out = bool(held_out)
     self.attributes = dict(SHAPES_ATTRIBUTES)
     self._captions = None
 

@@ -280,6 +280,33 @@ def _encode_image(vae, params, images, noise):
   return z * cfg_.scaling_factor
 
 
+def guided_sample(unet, unet_params, scheduler: SchedulerConfig, cond, uncond, x_T, key, *,
+                  num_inference_steps: int, guidance_scale: float, start: int = 0,
+                  eta: float = 0.0) -> jax.Array:
+  """The denoising loop of `txt2img` / `img2img` on its own: any cross-attention U-Net, in
+  latent or pixel space.
+
+  Args:
+    unet, unet_params: `UNet2DConditionModel` and its parameters.
+    scheduler: the sampler's `SchedulerConfig`.
+    cond, uncond: text embeddings [B, L, D] (the prompts', the empty or negative prompts').
+    x_T: the starting sample [B, h, w, C] (noise times ``init_noise_sigma``).
+    key: PRNG key (DDPM noise, DDIM eta).
+    num_inference_steps, guidance_scale, eta: as `txt2img`; start: first table entry run.
+
+  Returns:
+    The denoised samples [B, h, w, C]; one compile per (shapes, steps, scheduler).
+  """
+  return _denoise(unet, scheduler, _steps(num_inference_steps), start, unet_params, cond,
+                  uncond, x_T, jnp.float32(_guidance(guidance_scale)), key, jnp.float32(eta))
+
+
+def decode_latents(pipe: StableDiffusionPipeline, latents) -> jax.Array:
+  """Images [B, H, W, 3] in [0, 1] from scaled latents [B, h, w, C] (the VAE's
+  ``scaling_factor`` and ``shift_factor`` undone, as the pipelines do)."""
+  return _decode(pipe.vae, pipe.params["vae"], jnp.asarray(latents, jnp.float32))
+
+
 def _latent_shape(pipe, batch, height, width):
   dh, dw = pipe.default_size
   h, w = height or dh, width or dw

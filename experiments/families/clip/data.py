@@ -26,13 +26,17 @@ def caption_table() -> tuple[list[str], np.ndarray]:
   return [shapes_caption(*v) for v in values.tolist()], values
 
 
-def source(split: str, image_size: int | None) -> jdata.ArraySource:
-  """`shapes` with ``caption`` = the `caption_index` of each image (and its attributes)."""
+def source(split: str, image_size: int | None, held_out: bool = False) -> jdata.ArraySource:
+  """`shapes` with ``caption`` = the `caption_index` of each image (and its attributes);
+  `held_out` drops the train images of `jaxgen.data.SHAPES_HELD_OUT`'s combinations."""
   num, seed = SHAPES_SPLITS[split]
   data = make_shapes(num, 32 if image_size is None else image_size, seed)
-  fields = {k: data[k] for k in ATTRIBUTES}
-  fields["caption"] = caption_index(*(data[k] for k in ATTRIBUTES)).astype(np.int32)
-  return jdata.ArraySource("shapes", split, data["image"], fields,
+  keep = np.ones(num, bool)
+  if held_out and split == "train":
+    keep = ~jdata.shapes_held_out_mask(*(data[k] for k in ATTRIBUTES))
+  fields = {k: data[k][keep] for k in ATTRIBUTES}
+  fields["caption"] = caption_index(*(fields[k] for k in ATTRIBUTES)).astype(np.int32)
+  return jdata.ArraySource("shapes", split, data["image"][keep], fields,
                            num_classes=len(caption_table()[0]))
 
 

@@ -84,7 +84,7 @@ def make_loss_fn(model, table, loss: str):
 def train(config: CLIPExperiment, workdir: str) -> dict:
   """Trains (or resumes) the two towers in ``workdir``."""
   config.validate()
-  src = CD.source("train", config.data.image_size)
+  src = CD.source("train", config.data.image_size, config.data.held_out)
   W.save_config(workdir, config)
   tok, table = text_setup(config, workdir)
   model = build_model(config, src.image_shape, tok)
