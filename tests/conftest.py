@@ -54,33 +54,45 @@ def key(request):
   return jax.random.fold_in(jax.random.key(20261125), _key_data(request.node.nodeid))
 
 
+def _sigterm_on_batch(monkeypatch, at: int) -> None:
+  """Patches `jaxgen.data.Loader` so that SIGTERM reaches the main thread as the `at`-th batch
+  (counted over every loader made afterwards) is drawn."""
+  import signal
+  import threading
+
+  from jaxgen import data as jdata
+  calls = itertools.count(1)
+
+  class SigtermLoader(jdata.Loader):
+    def __next__(self):
+      if next(calls) == at:
+        # To the main thread, where the loop's handler runs. os.kill(getpid) lets the kernel
+        # pick any thread; under load a worker was once seen to abort from a native thread
+        # after that (probably the one the signal interrupted; not proven).
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+      return super().__next__()
+
+  monkeypatch.setattr(jdata, "Loader", SigtermLoader)
+
+
+@pytest.fixture
+def sigterm_on_batch(monkeypatch):
+  """``sigterm_on_batch(at=3)``: SIGTERM arrives as the at-th batch is drawn (undo with
+  ``monkeypatch.undo()``)."""
+  return lambda at=3: _sigterm_on_batch(monkeypatch, at)
+
+
 @pytest.fixture
 def sigterm_resume(monkeypatch, tmp_path):
   """``sigterm_resume(train, config, num_steps)``: trains `config` straight through; trains
   it again with SIGTERM sent as the 3rd batch is drawn (the loop saves at step 3 and stops);
   resumes that run to the end; asserts the resumed state equals the straight one bit for bit.
   Returns (straight, resumed) summaries."""
-  import signal
-  import threading
-
   import numpy as np
-
-  from jaxgen import data as jdata
 
   def run(train, config, num_steps: int):
     full = train(config, str(tmp_path / "full"))
-    calls = itertools.count(1)
-
-    class SigtermLoader(jdata.Loader):
-      def __next__(self):
-        if next(calls) == 3:
-          # To the main thread, where the loop's handler runs. os.kill(getpid) lets the kernel
-          # pick any thread; under load a worker was once seen to abort from a native thread
-          # after that (probably the one the signal interrupted; not proven).
-          signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
-        return super().__next__()
-
-    monkeypatch.setattr(jdata, "Loader", SigtermLoader)
+    _sigterm_on_batch(monkeypatch, 3)
     cut = train(config, str(tmp_path / "cut"))
     assert cut["terminated"] and cut["step"] == 3
     monkeypatch.undo()

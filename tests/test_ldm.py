@@ -3,9 +3,6 @@
 ``evaluate`` end to end, on the smoke config."""
 import json
 import os
-import signal
-import threading
-
 import jax
 import numpy as np
 import pytest
@@ -13,7 +10,8 @@ import pytest
 from experiments import config as C
 from experiments import main as runner
 from experiments.families.ldm import stages as S
-from experiments.families.ldm.runner import load_trained, train
+from experiments.families.ldm.runner import load_trained
+from experiments.families.ldm.training import train
 from experiments.families.ldm.sampling import pipeline, sample_images
 from jaxgen import data as jdata
 
@@ -143,26 +141,33 @@ def _stages_given(workdir, **more):
                   **more})
 
 
-def test_unet_stage_resumes_exactly_after_sigterm(workdir, sigterm_resume):
-  full, resumed = sigterm_resume(train, _stages_given(workdir, **{"sample.num": 0}), 4)
-  assert full["stages"] == {"text_encoder": "given", "autoencoder": "given"}
-  assert resumed["loss"] == full["loss"]
+def test_unet_stage_resumes_exactly_after_sigterm(workdir, tmp_path, monkeypatch,
+                                                  sigterm_on_batch):
+  """Stopped at step 3 and resumed, the U-Net stage ends bit for bit where the module's
+  uninterrupted run (same stages, seed and data) ended."""
+  from experiments import workdir as W
+  from experiments.families.ldm.runner import init_state
+  config = _stages_given(workdir, **{"sample.num": 0})
+  sigterm_on_batch(3)
+  cut = train(config, str(tmp_path / "cut"))
+  assert cut["terminated"] and cut["step"] == 3
+  monkeypatch.undo()
+  resumed = train(config, str(tmp_path / "cut"))
+  assert resumed["resumed_from"] == 3 and resumed["step"] == 4
+  assert resumed["stages"] == {"text_encoder": "given", "autoencoder": "given"}
+  t = load_trained(workdir)
+  straight, _ = W.restore(workdir, lambda: init_state(t.config, t.model, jax.random.key(0)))
+  for x, y in zip(jax.tree.leaves(straight.arrays()), jax.tree.leaves(resumed["state"].arrays())):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_autoencoder_stage_resumes_exactly_after_sigterm(workdir, tmp_path, monkeypatch):
+def test_autoencoder_stage_resumes_exactly_after_sigterm(workdir, tmp_path, monkeypatch,
+                                                         sigterm_on_batch):
   """SIGTERM while the autoencoder stage trains: the ldm run stops; trained again, the stage
   resumes and ends bit for bit where the uninterrupted stage of the module's run ended."""
   config = smoke(**{"stages.text_encoder_workdir": os.path.join(workdir, S.TEXT_ENCODER_DIR),
                     "sample.num": 0})
-  calls = iter(range(1, 1000))
-
-  class SigtermLoader(jdata.Loader):
-    def __next__(self):
-      if next(calls) == 3:
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
-      return super().__next__()
-
-  monkeypatch.setattr(jdata, "Loader", SigtermLoader)
+  sigterm_on_batch(3)
   cut = train(config, str(tmp_path / "cut"))
   assert cut["terminated"] and cut["stages"]["autoencoder"]["step"] == 3
   assert not os.path.isdir(str(tmp_path / "cut" / "checkpoints"))  # the U-Net never started
@@ -187,7 +192,31 @@ def test_evaluate_reports_every_measure(workdir):
   assert set(result["guidance_sweep"]) == {"1", "3"}
   for row in result["guidance_sweep"].values():
     assert -1.0 <= row["clip_score"] <= 1.0 and row["classifier_fid"] >= 0.0
-  assert set(result["negative_prompt"]) >= {"with", "without"}
+  neg = result["negative_prompt"]
+  assert {"without", "with_red", f"with_{neg['most_frequent_colour']}"} <= set(neg)
+  assert sum(neg["without"]["colour_shares"].values()) == pytest.approx(1.0)
   assert result["sampling_seconds_per_image"] > 0
-  for name in ("nearest", "negative", "held_out"):
+  for name in ("nearest", "negative", "held_out", "guidance"):
     assert os.path.isfile(os.path.join(workdir, "eval", f"{name}_step4.png"))
+
+
+def test_pixel_variant_shapes_without_training():
+  """The pixel-space comparison model (``ldm_shapes:pixel``): its loss on image batches and its
+  guided sampler trace to the right shapes (`jax.eval_shape`: nothing is compiled)."""
+  import jax.numpy as jnp
+  from experiments.families.ldm import runner as R
+  from jaxgen.pipelines import guided_sample
+  config = C.load_config("ldm_shapes:pixel")
+  assert config.ldm.space == "pixel"
+  assert S.stage_dirs(config, "d")["autoencoder"] is None
+  model = R.build_model(config, (32, 32, 3), 64)
+  state = jax.eval_shape(lambda: R.init_state(config, model, jax.random.key(0)))
+  loss_fn = R.make_loss_fn(config, model, jnp.zeros((217, 16, 64)), None)
+  batch = {"image": jnp.zeros((2, 32, 32, 3)), "caption": jnp.zeros((2,), jnp.int32)}
+  loss, _ = jax.eval_shape(loss_fn, state.params, batch, jax.random.key(1), 0)
+  assert loss.shape == ()
+  ctx = jnp.zeros((2, 16, 64))
+  out = jax.eval_shape(lambda p: guided_sample(
+      model, p, R.scheduler_config(config, "ddim"), ctx, ctx, jnp.zeros((2, 32, 32, 3)),
+      jax.random.key(2), num_inference_steps=3, guidance_scale=2.0), state.params)
+  assert out.shape == (2, 32, 32, 3)

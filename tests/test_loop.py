@@ -53,6 +53,11 @@ def test_feature_classifier_resumes_exactly_after_sigterm(digits, tmp_path):
   resumed = M.train_classifier(x, y, key=key, **CLASSIFIER, workdir=cut)
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(a, b)
+  # Trained again, the finished run runs no step and keeps its last checkpoint.
+  again = M.train_classifier(x, y, key=key, **CLASSIFIER, workdir=cut)
+  assert sorted(int(s) for s in os.listdir(os.path.join(cut, "checkpoints")))[-1] == 200
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(again.params)):
+    np.testing.assert_array_equal(a, b)
   # In memory (no workdir) the same training gives the same parameters.
   memory = M.train_classifier(x, y, key=key, **CLASSIFIER)
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(memory.params)):

@@ -8,9 +8,13 @@ without the ten held-out attribute combinations (`jaxgen.data.SHAPES_HELD_OUT`).
 
   python -m experiments.main generate --workdir runs/ldm_shapes --prompt "a large blue square on the left"
   python -m experiments.main evaluate --workdir runs/ldm_shapes
+
+Variant ``pixel``: the same U-Net in pixel space (two more levels, at 32x32 and 16x16, take the
+autoencoder's place), for `benchmarks/ldm_latent_vs_pixel.py`.
 """
-from experiments.families.ldm.config import (DataConfig, LDMExperiment, LDMSampleConfig,
-                                             LDMSection, LDMTrainConfig, StagesSection)
+from experiments.families.ldm.config import (DataConfig, LDMEvalConfig, LDMExperiment,
+                                             LDMSampleConfig, LDMSection, LDMTrainConfig,
+                                             StagesSection)
 
 
 def get_config(variant=None):
@@ -27,8 +31,17 @@ def get_config(variant=None):
                            lr_decay="cosine", ema_decay=0.999, log_every=100,
                            checkpoint_every=500),
       sample=LDMSampleConfig(sampler="ddim", steps=25, guidance=3.0, num=8),
+      eval=LDMEvalConfig(classifier_steps=1500),
   )
-  if variant == "smoke":
+  if variant == "pixel":  # the comparison: the same U-Net on the 32x32x3 images, two levels added
+    config.name, config.ldm.space = "ldm_shapes_pixel", "pixel"
+    config.model.update(block_out_channels=(32, 32, 32, 64),
+                        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D",
+                                          "CrossAttnDownBlock2D"),
+                        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D",
+                                        "UpBlock2D"))
+    config.diffusion.clip_sample = True
+  elif variant == "smoke":
     config.stages = StagesSection(text_encoder="clip_shapes:smoke",
                                   autoencoder="vae_kl_shapes:smoke")
     config.data.batch_size = 8
@@ -41,5 +54,5 @@ def get_config(variant=None):
     config.eval.guidance_scales = (1.0, 3.0)
     config.eval.classifier_steps = 5
   elif variant is not None:
-    raise ValueError(f"unknown variant {variant!r} of ldm_shapes; expected 'smoke' or none")
+    raise ValueError(f"unknown variant {variant!r} of ldm_shapes; expected 'pixel', 'smoke' or none")
   return config

@@ -341,7 +341,8 @@ def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
           break
     step_now = int(jax.device_get(state.step))
     if not terminated:
-      checkpoint(state)
+      if manager is None or manager.latest_step() != step_now:  # a finished run trained again
+        checkpoint(state)                                        # has its last checkpoint
       for fn in at_end:
         run_hook(fn, state, step_now)
   finally:

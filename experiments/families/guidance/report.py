@@ -103,15 +103,18 @@ def _panel(draw, box, xs, ys, *, title, xlabel, point_labels=None, color=_COLORS
                 fill=color, font=font)
 
 
-def save_plot(path: str, rows, *, title: str, metrics=_METRICS, size=(330, 250)) -> str:
-  """Each metric against the guidance scale; with both accuracy and FID also the trade-off
-  curve (FID against accuracy, points labelled by scale), as in the CFG paper's Fig. 4."""
+def save_plot(path: str, rows, *, title: str, metrics=_METRICS, size=(330, 250),
+              tradeoff=("accuracy", "accuracy")) -> str:
+  """Each metric against the guidance scale; with both ``tradeoff[0]`` (default accuracy) and
+  FID also the trade-off curve (FID against it, points labelled by scale, labelled
+  ``tradeoff[1]``), as in the CFG paper's Fig. 4."""
   xs = [r["scale"] for r in rows]
   panels = [dict(xs=xs, ys=[r[k] for r in rows], title=name, xlabel="guidance scale")
             for k, name in metrics]
-  if {"accuracy", "fid"} <= set(rows[0]):
-    panels.append(dict(xs=[r["accuracy"] for r in rows], ys=[r["fid"] for r in rows],
-                       title="trade-off: classifier-FID vs accuracy", xlabel="accuracy",
+  key, label = tradeoff
+  if {key, "fid"} <= set(rows[0]):
+    panels.append(dict(xs=[r[key] for r in rows], ys=[r["fid"] for r in rows],
+                       title=f"trade-off: classifier-FID vs {label}", xlabel=label,
                        point_labels=[f"g={s:g}" for s in xs]))
   w, h = size
   canvas = Image.new("RGB", (w * len(panels), h + 24), (255, 255, 255))

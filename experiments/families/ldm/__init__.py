@@ -15,7 +15,8 @@ import argparse
 from experiments.families import Command, Family, register
 from experiments.families.ldm.config import SAMPLERS, LDMExperiment
 from experiments.families.ldm.evaluation import evaluate
-from experiments.families.ldm.runner import load_trained, train
+from experiments.families.ldm.runner import load_trained
+from experiments.families.ldm.training import train
 from experiments.families.ldm.sampling import generate, sample
 
 

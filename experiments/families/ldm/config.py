@@ -20,8 +20,8 @@ from experiments.config import (Config, ConfigError, DataConfig, EvalConfig, Tra
 from experiments.families.ddpm.config import DiffusionConfig
 from jaxgen.nn import UNet2DConditionConfig
 
-__all__ = ["DataConfig", "DiffusionConfig", "LDMExperiment", "LDMSampleConfig", "LDMSection",
-           "LDMTrainConfig", "StagesSection"]
+__all__ = ["DataConfig", "DiffusionConfig", "LDMEvalConfig", "LDMExperiment", "LDMSampleConfig",
+           "LDMSection", "LDMTrainConfig", "StagesSection"]
 
 SAMPLERS = ("ddim", "ddpm", "dpmpp_2m")
 

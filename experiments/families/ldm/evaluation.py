@@ -10,7 +10,8 @@ generator), cached in ``WORKDIR/attr_classifier``. It reads:
 * the guidance trade-off: for each of ``eval.guidance_scales``, ``eval.sweep_samples`` samples of
   the captions of the first test images; CLIP score (the cosine of the text encoder's CLIP,
   `jaxgen.metrics.clip_score`), classifier-FID against the whole test split, all-four accuracy;
-* negative prompting: "a circle" without and with the negative prompt "red": the share of red;
+* negative prompting: "a circle" without and with the negative prompt "red", and with the
+  colour it draws most often as the negative prompt: the share of each colour;
 * memorisation: each sample's nearest training image in pixel space, against the same distance
   for real test images (a grid of samples above their nearest neighbours);
 * sampling time per image (after the compile).
@@ -147,29 +148,44 @@ def evaluate(workdir: str, *, num_samples: int | None = None) -> dict:
                            "classifier_fid": fid(_float(images)),
                            "all_four": following(read_attributes(clf, images), values)["all_four"]}
   result["guidance_sweep"] = sweep
+  from experiments.families.guidance.report import save_plot  # pylint: disable=C0415
+  save_plot(os.path.join(workdir, "eval", f"guidance_step{t.step}.png"),
+            [{"scale": float(s), "clip_score": v["clip_score"], "fid": v["classifier_fid"],
+              "all_four": v["all_four"]} for s, v in sweep.items()],
+            title=f"{config.name}: guidance sweep ({m} samples per scale)",
+            metrics=(("clip_score", "CLIP score"), ("fid", "classifier-FID vs test"),
+                     ("all_four", "all four attributes right")),
+            tradeoff=("clip_score", "CLIP score"))
   real = W.real_subset(jdata.load_all(jdata.get_source("shapes", "train"))["image"], m,
                        config.seed)
   result["real_reference"] = {"clip_score": _clip_score(t, test_u8[:m], captions),
                               "classifier_fid_train_vs_test": fid(real), "num": m}
 
-  # Negative prompting.
+  # Negative prompting: "a circle" without and with the negative "red"; and, since the prompt
+  # alone may seldom draw red, also with its most frequent colour as the negative prompt.
   k = e.negative_samples
-  red = list(jdata.shapes_attribute_values("color")).index("red")
+  colours = list(jdata.shapes_attribute_values("color"))
   circle = list(jdata.shapes_attribute_values("shape")).index("circle")
-  neg = {}
-  for i, negative in enumerate((None, NEGATIVE[1])):
+
+  def run_negative(i, negative):
     images = sample_images(t, [NEGATIVE[0]] * k, jax.random.fold_in(root, 20 + i), guidance=g,
                            negative_prompts=negative)
     pred = read_attributes(clf, images)
-    neg["without" if negative is None else "with"] = {
-        "red": float(np.mean(pred["color"] == red)),
-        "circle": float(np.mean(pred["shape"] == circle))}
-    if negative is not None:
-      write_prompt_grid(os.path.join(workdir, "eval", f"negative_step{t.step}.png"),
-                        np.concatenate([neg_images[:8], images[:8]]),
-                        [f"{NEGATIVE[0]}", f"{NEGATIVE[0]}  (negative: {negative})"], per_row=8)
-    neg_images = images
-  result["negative_prompt"] = {"prompt": NEGATIVE[0], "negative": NEGATIVE[1], **neg}
+    share = np.bincount(pred["color"], minlength=len(colours)) / len(images)
+    return images, {"colour_shares": dict(zip(colours, map(float, share))),
+                    "circle": float(np.mean(pred["shape"] == circle))}
+
+  plain_images, plain = run_negative(0, None)
+  neg = {"without": plain}
+  rows, names = [plain_images[:8]], [NEGATIVE[0]]
+  top = max(plain["colour_shares"], key=plain["colour_shares"].get)
+  for i, negative in enumerate(dict.fromkeys((NEGATIVE[1], top))):
+    images, neg[f"with_{negative}"] = run_negative(1 + i, negative)
+    rows.append(images[:8])
+    names.append(f"{NEGATIVE[0]}  (negative: {negative})")
+  write_prompt_grid(os.path.join(workdir, "eval", f"negative_step{t.step}.png"),
+                    np.concatenate(rows), names, per_row=min(8, k))
+  result["negative_prompt"] = {"prompt": NEGATIVE[0], "most_frequent_colour": top, **neg}
 
   # Memorisation: nearest training images of samples, and of real test images.
   train_u8 = np.asarray(M.to_uint8(jdata.load_all(CD.source("train", config.data.image_size,

@@ -1,4 +1,6 @@
-"""``train`` of the ldm family and its trained-workdir loader.
+"""What the ldm family builds from a config (the U-Net, its state and loss, the scheduler
+configs, the training inputs) and the trained-workdir loader; ``train`` is in
+`experiments.families.ldm.training`.
 
 The U-Net stage trains on precomputed inputs: the autoencoder's posterior (mean and log-variance)
 of every training image, from which each step draws a latent (`z = (mean + sigma eps) * scale`,
@@ -14,7 +16,6 @@ Keys: ``root = key(seed)``; the U-Net is drawn from ``fold_in(root, 0)``, the tr
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ from jaxgen.diffusion.losses import example_keys
 from jaxgen.diffusion.schedulers import SchedulerConfig
 from jaxgen.nn import UNet2DConditionConfig, UNet2DConditionModel
 from jaxgen.nn.unet_condition import init_unet_condition
-from jaxgen.training import TrainState, make_optimizer, make_step_from_loss, train_loop
+from jaxgen.training import TrainState, make_optimizer
 
 _BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear",
                    "cosine": "squaredcos_cap_v2"}
@@ -124,60 +125,6 @@ def training_inputs(config: LDMExperiment, workdir: str, ae) -> Inputs:
   latents = jdata.ArraySource("shapes_posteriors", "train", post.astype(np.float32),
                               {"caption": arrays["caption"]})
   return Inputs(latents, post.shape[1:-1] + (post.shape[-1] // 2,), stats)
-
-
-def train(config: LDMExperiment, workdir: str) -> dict:
-  """Trains (or resumes) every stage in turn: the text encoder, the autoencoder, the U-Net.
-
-  Returns:
-    {"step", "loss", "terminated", "resumed_from", "state", "stages"} of the U-Net stage; when
-    SIGTERM stops an earlier stage, step 0 and terminated True (training again resumes it).
-  """
-  config.validate()
-  W.save_config(workdir, config)
-  stage_out = S.train_stages(config, workdir)
-  if any(isinstance(v, dict) and v.get("terminated") for v in stage_out.values()):
-    return {"step": 0, "loss": float("nan"), "terminated": True, "resumed_from": None,
-            "state": None, "stages": stage_out}
-  dirs = S.stage_dirs(config, workdir)
-  te = S.load_text_encoder(dirs["text_encoder"])
-  ae = S.load_autoencoder(dirs["autoencoder"]) if dirs["autoencoder"] else None
-  inputs = training_inputs(config, workdir, ae)
-  model = build_model(config, inputs.input_shape, te.width)
-  table = S.caption_embeddings(te)
-  tc, root = config.train, jax.random.key(config.seed)
-  init_key, train_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
-  scale = None if inputs.stats is None else inputs.stats["scale"]
-  step_fn = jax.jit(make_step_from_loss(make_loss_fn(config, model, table, scale),
-                                        ema_decay=tc.ema_decay, ema_warmup=tc.ema_warmup),
-                    donate_argnums=0)
-
-  def write_grid(state, step: int):
-    from experiments.families.ldm.sampling import prompt_grid  # pylint: disable=C0415
-    if config.sample.num:
-      prompt_grid(load_trained(workdir, state.ema_params, step), seed=config.seed)
-
-  out = train_loop(
-      lambda: init_state(config, model, init_key),
-      lambda state, batch: step_fn(state, batch, train_key),
-      num_steps=tc.num_steps, workdir=workdir,
-      loader=jdata.Loader(inputs.source, config.data.batch_size, seed=config.seed),
-      batch_keys=("image", "caption"),
-      image_shape=inputs.source.image_shape if ae is None else None,
-      log_every=tc.log_every, checkpoint_every=tc.checkpoint_every, max_to_keep=tc.max_to_keep,
-      hooks=[(tc.sample_every, write_grid)], at_end=[write_grid],
-      run_record=W.run_record(config, "train", stages=dirs, latent_stats=inputs.stats,
-                              parameters=_count(jax.eval_shape(
-                                  lambda: init_unet_condition(model, init_key)))),
-      desc=f"train ldm ({config.ldm.space} U-Net)",
-      hint="Lower train.learning_rate before resuming.")
-  summary = out.summary("loss")
-  summary["stages"] = stage_out
-  return summary
-
-
-def _count(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
 @dataclasses.dataclass
