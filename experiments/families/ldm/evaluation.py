@@ -190,10 +190,13 @@ def evaluate(workdir: str, *, num_samples: int | None = None) -> dict:
   # Memorisation: nearest training images of samples, and of real test images.
   train_u8 = np.asarray(M.to_uint8(jdata.load_all(CD.source("train", config.data.image_size,
                                                              held_out=True))["image"]))
-  picks = np.concatenate([seen_images[::n][:4], held_images[::n][:4]])
-  d_samples, _ = nearest_distances(np.concatenate([seen_images, held_images]), train_u8)
+  samples = np.concatenate([seen_images, held_images])
+  d_samples, nearest = nearest_distances(samples, train_u8)
   d_test, _ = nearest_distances(test_u8[:len(d_samples)], train_u8)
-  _, nn_idx = nearest_distances(picks, train_u8)
+  # the first sample of each of 4 seen and 4 held-out prompts, and their nearest images
+  first = lambda images: np.arange(min(4, len(images) // n)) * n
+  rows = np.concatenate([first(seen_images), len(seen_images) + first(held_images)])
+  picks, nn_idx = samples[rows], nearest[rows]
   result["nearest_training_image"] = {
       "samples_rms_median": float(np.median(d_samples)),
       "test_images_rms_median": float(np.median(d_test)),

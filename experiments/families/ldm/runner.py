@@ -160,9 +160,8 @@ def load_stages(config: LDMExperiment, workdir: str):
   return te, ae, stats, shape
 
 
-def load_trained(workdir: str, params=None, step: int | None = None) -> Trained:
-  """The newest readable U-Net checkpoint of an ldm workdir with its stages (or, given
-  `params`, those U-Net parameters: the grid written during training).
+def load_trained(workdir: str) -> Trained:
+  """The newest readable U-Net checkpoint of an ldm workdir with its stages.
 
   Raises:
     ValueError: the workdir belongs to another family. FileNotFoundError: not trained.
@@ -173,7 +172,5 @@ def load_trained(workdir: str, params=None, step: int | None = None) -> Trained:
                      "workdir (trained with experiments/configs/ldm_shapes.py)")
   te, ae, stats, shape = load_stages(config, workdir)
   model = build_model(config, shape, te.width)
-  if params is None:
-    state, step = W.restore(workdir, lambda: init_state(config, model, jax.random.key(0)))
-    params = state.ema_params
-  return Trained(config, workdir, te, ae, model, params, step, stats, shape)
+  state, step = W.restore(workdir, lambda: init_state(config, model, jax.random.key(0)))
+  return Trained(config, workdir, te, ae, model, state.ema_params, step, stats, shape)

@@ -43,7 +43,9 @@ def train(config: LDMExperiment, workdir: str) -> dict:
 
   def write_grid(state, step: int):
     if config.sample.num:
-      prompt_grid(R.load_trained(workdir, state.ema_params, step), seed=config.seed)
+      # the stages this run already holds, with the U-Net's current EMA parameters
+      prompt_grid(R.Trained(config, workdir, te, ae, model, state.ema_params, step,
+                            inputs.stats, inputs.input_shape), seed=config.seed)
 
   out = train_loop(
       lambda: R.init_state(config, model, init_key),
