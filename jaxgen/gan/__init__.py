@@ -1,5 +1,5 @@
 """GAN losses, alternating train steps, latent-space tools, inversion, latent directions and
-the measurements of an edit along one.
+the measurements of an edit along one, and text-driven editing with CLIP (StyleCLIP).
 
 Models live in `jaxgen.nn` (`DCGANGenerator`, `DCGANDiscriminator`, `StyleGenerator`,
 `StyleDiscriminator`); everything here is a pure function or a factory of one.
@@ -20,6 +20,14 @@ from jaxgen.gan.losses import (LOSSES, d_loss_hinge, d_loss_logistic, g_loss_hin
 from jaxgen.gan.projector import (ProjectionResult, classifier_feature_fn, make_projector,
                                   noise_regularization, projector_learning_rate,
                                   projector_w_noise_scale, w_statistics)
+from jaxgen.gan.style_space import (style_codes, style_dim, style_layout, style_statistics,
+                                    synthesis_from_styles)
+from jaxgen.gan.styleclip import (LatentOptimizationResult, TextToImageResult,
+                                  apply_global_direction, channel_image_directions,
+                                  channel_relevance, check_strength, clip_distance,
+                                  clip_edit_loss, global_direction, make_latent_optimizer,
+                                  make_text_to_image, mean_text_features, resize_for_clip,
+                                  text_direction)
 from jaxgen.gan.steps import (GANState, apply_model, generator_z_dim, make_d_step, make_g_step,
                               make_gan_step, make_pl_step)
 
@@ -41,6 +49,13 @@ __all__ = [
     # inversion
     "ProjectionResult", "classifier_feature_fn", "make_projector", "noise_regularization",
     "projector_learning_rate", "projector_w_noise_scale", "w_statistics",
+    # style space S of a style-based generator
+    "style_codes", "style_dim", "style_layout", "style_statistics", "synthesis_from_styles",
+    # text-driven editing and generation with CLIP (StyleCLIP)
+    "LatentOptimizationResult", "TextToImageResult", "apply_global_direction",
+    "channel_image_directions", "channel_relevance", "check_strength", "clip_distance",
+    "clip_edit_loss", "global_direction", "make_latent_optimizer", "make_text_to_image",
+    "mean_text_features", "resize_for_clip", "text_direction",
     # train steps
     "GANState", "apply_model", "generator_z_dim", "make_d_step", "make_g_step", "make_gan_step",
     "make_pl_step",
