@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from typing import Any, Callable, Mapping
 
 import jax
@@ -110,14 +111,24 @@ def log_eval(workdir: str, step: int, result: Mapping[str, Any]) -> None:
 
 
 def cached_classifier(path: str, images, labels, *, key, num_steps: int, **kwargs):
-  """The feature / attribute classifier in directory ``path``: loaded when it is there,
-  otherwise trained (`jaxgen.metrics.train_classifier`, checkpointed in ``path`` so a
-  SIGTERM resumes it) and saved. An unreadable saved classifier is trained again."""
+  """The feature / attribute classifier in directory ``path``: loaded when it is there and
+  was trained for ``num_steps`` steps, otherwise trained (`jaxgen.metrics.train_classifier`,
+  checkpointed in ``path`` so a SIGTERM resumes it) and saved. A saved classifier that is
+  unreadable or was trained for another number of steps is trained again from scratch."""
   if os.path.isfile(os.path.join(path, "config.json")):
     try:
-      return M.load_classifier(path)
+      bundle = M.load_classifier(path)
     except (OSError, ValueError) as e:
       print(f"cached classifier in {path} is unreadable ({e}); training it again")
+    else:
+      if bundle.info.get("num_steps") == num_steps:
+        return bundle
+      print(f"cached classifier in {path} was trained for {bundle.info.get('num_steps')} "
+            f"steps, not the {num_steps} asked for; training it again")
+    # a fresh run: the old run's checkpoints would resume on the old schedule
+    shutil.rmtree(os.path.join(path, "checkpoints"), ignore_errors=True)
+    if os.path.isfile(os.path.join(path, "metrics.jsonl")):
+      os.remove(os.path.join(path, "metrics.jsonl"))
   bundle = M.train_classifier(images, labels, key=key, num_steps=num_steps, workdir=path,
                               **kwargs)
   M.save_classifier(path, bundle)

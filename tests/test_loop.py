@@ -64,6 +64,28 @@ def test_feature_classifier_resumes_exactly_after_sigterm(digits, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_cached_classifier_is_trained_again_for_another_number_of_steps(digits, tmp_path,
+                                                                        monkeypatch, capsys):
+  """A cached judge is reused only at the number of steps asked for; at another it is trained
+  afresh (equal to a first training at that number, not resumed from the old run)."""
+  from experiments import workdir as W
+  x, y = digits["image"][:64], {"label": digits["label"][:64]}
+  small = dict(batch_size=8, features=(4, 4), embed_dim=4, key=jax.random.key(1))
+  path = str(tmp_path / "clf")
+  W.cached_classifier(path, x, y, num_steps=3, **small)
+  calls, train = [], M.train_classifier
+  monkeypatch.setattr(M, "train_classifier", lambda *a, **k: calls.append(k["num_steps"])
+                      or train(*a, **k))
+  assert W.cached_classifier(path, x, y, num_steps=3, **small).info["num_steps"] == 3
+  assert calls == []  # loaded, not trained
+  again = W.cached_classifier(path, x, y, num_steps=5, **small)
+  assert calls == [5] and again.info["num_steps"] == 5
+  assert "trained for 3 steps, not the 5 asked for" in capsys.readouterr().out
+  fresh = train(x, y, num_steps=5, **small)
+  for a, b in zip(jax.tree.leaves(fresh.params), jax.tree.leaves(again.params)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_feature_classifier_nan_loss_stops(digits):
   with pytest.raises(NonFiniteLossError, match="loss is nan"):
     M.train_classifier(digits["image"], {"label": digits["label"]}, key=jax.random.key(0),
