@@ -135,6 +135,13 @@ def test_latent_optimizer_scan_is_vmapped_and_lowers_the_loss(key):
   assert batched.latent.shape == (3, 2, 4) and batched.loss.shape == (3, 40)
   one = jax.jit(optimize)(sources[1], texts[1])
   np.testing.assert_allclose(batched.latent[1], one.latent, atol=1e-5)
+  # the same steps driven one by one from Python give the same latents
+  init, step, finish = gan.make_latent_optimizer_steps(gen, enc, num_steps=40,
+                                                       learning_rate=0.1, l2_weight=0.01)
+  carry, step = jax.vmap(init)(sources, texts), jax.jit(jax.vmap(step))
+  for _ in range(40):
+    carry, _ = step(carry)
+  np.testing.assert_allclose(jax.vmap(finish)(carry).latent, batched.latent, atol=1e-5)
   start = jax.vmap(lambda s, t: gan.clip_distance(enc(gen(s[None]))[0], t))(sources, texts)
   assert np.all(batched.clip_distance < start)
   assert np.all(batched.loss[:, -1] < batched.loss[:, 0])

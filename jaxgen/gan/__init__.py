@@ -26,7 +26,8 @@ from jaxgen.gan.styleclip import (LatentOptimizationResult, TextToImageResult,
                                   apply_global_direction, channel_image_directions,
                                   channel_relevance, check_strength, clip_distance,
                                   clip_edit_loss, global_direction, make_latent_optimizer,
-                                  make_text_to_image, mean_text_features, resize_for_clip,
+                                  make_latent_optimizer_steps, make_text_to_image,
+                                  mean_text_features, resize_for_clip,
                                   text_direction)
 from jaxgen.gan.steps import (GANState, apply_model, generator_z_dim, make_d_step, make_g_step,
                               make_gan_step, make_pl_step)
@@ -54,7 +55,8 @@ __all__ = [
     # text-driven editing and generation with CLIP (StyleCLIP)
     "LatentOptimizationResult", "TextToImageResult", "apply_global_direction",
     "channel_image_directions", "channel_relevance", "check_strength", "clip_distance",
-    "clip_edit_loss", "global_direction", "make_latent_optimizer", "make_text_to_image",
+    "clip_edit_loss", "global_direction", "make_latent_optimizer",
+    "make_latent_optimizer_steps", "make_text_to_image",
     "mean_text_features", "resize_for_clip", "text_direction",
     # train steps
     "GANState", "apply_model", "generator_z_dim", "make_d_step", "make_g_step", "make_gan_step",

@@ -18,8 +18,8 @@ import time
 import jax
 import numpy as np
 
-from experiments.families.gan.tools.clip_edit import (_check_prompt, _synth, add_clip_arguments,
-                                                      clip_cosines, clip_images_fn, load_clip,
+from experiments.families.gan.tools.clip_edit import (_check_prompt, add_clip_arguments,
+                                                      clip_cosines, load_clip, make_optimise,
                                                       prompt_features, readings)
 from experiments.families.gan.trained import Trained, output_path, tool_command, write_output
 from jaxgen import gan
@@ -71,19 +71,17 @@ def clip_generate(t: Trained, clip, prompts, *, num: int = 1, restarts: int = 4,
     starts.append(ws if space == "w" else np.asarray(broadcast_ws(ws, c.num_ws)))
   starts = np.stack(starts)                                       # [P*num, R, ...]
   texts = np.repeat(feats, num, 0)                                # [P*num, E]
-  synth, enc = _synth(t), clip_images_fn(clip)
-
-  def run(variables, params, starts, texts):
-    generate = gan.make_text_to_image(lambda lat: synth(variables, lat),
-                                      lambda x: enc(params, x), num_steps=num_steps,
-                                      learning_rate=learning_rate)
-    return jax.vmap(generate)(starts, texts)
-  fn = jax.jit(run)
+  optimise = make_optimise(t, clip, num_steps=num_steps, learning_rate=learning_rate,
+                           l2_weight=0.0)
   t0 = time.perf_counter()
-  res = fn(t.variables, clip.params, starts, texts)
-  jax.block_until_ready(res.latent)
+  # every start of every image at once; per image the start of lowest final D_CLIP is kept
+  # (`gan.make_text_to_image`, driven step by step as `make_optimise` does)
+  flat = optimise(starts.reshape((-1,) + starts.shape[2:]), np.repeat(texts, restarts, 0))
+  dist = np.asarray(flat.clip_distance).reshape(len(starts), restarts)
+  best = dist.argmin(-1)
+  latents = np.asarray(flat.latent).reshape(starts.shape)[np.arange(len(starts)), best]
   seconds = time.perf_counter() - t0
-  images = t.images(np.asarray(res.latent), "w")
+  images = t.images(latents, "w")
   start_images = t.images(starts[:, 0], "w")
   read = readings(t, images)
   score = clip_cosines(clip, images, texts)
@@ -100,7 +98,7 @@ def clip_generate(t: Trained, clip, prompts, *, num: int = 1, restarts: int = 4,
     per_prompt.append({"prompt": p, "named": {a: t.attributes[a][v] for a, v in named.items()},
                        "read": got, "as_prompted": float(ok.mean()),
                        "clip_score": float(score[rows].mean()),
-                       "best_restart": np.asarray(res.best[rows]).tolist()})
+                       "best_restart": best[rows].tolist()})
   hits = np.concatenate(hits)
   rec = {"prompts": list(prompts), "num": num, "restarts": restarts, "num_steps": num_steps,
          "learning_rate": learning_rate, "space": space, "truncation_psi": psi,
