@@ -114,15 +114,16 @@ def cached_classifier(path: str, images, labels, *, key, num_steps: int, **kwarg
   """The feature / attribute classifier in directory ``path``: loaded when it is there and
   was trained for ``num_steps`` steps, otherwise trained (`jaxgen.metrics.train_classifier`,
   checkpointed in ``path`` so a SIGTERM resumes it) and saved. A saved classifier that is
-  unreadable or was trained for another number of steps is trained again from scratch."""
+  unreadable or records training for another number of steps is trained again from scratch
+  (one that records none, e.g. placed there by hand, is used as it is)."""
   if os.path.isfile(os.path.join(path, "config.json")):
     try:
       bundle = M.load_classifier(path)
     except (OSError, ValueError) as e:
       print(f"cached classifier in {path} is unreadable ({e}); training it again")
     else:
-      if bundle.info.get("num_steps") == num_steps:
-        return bundle
+      if bundle.info.get("num_steps", num_steps) == num_steps:  # none recorded: put there
+        return bundle                                              # by hand, used as it is
       print(f"cached classifier in {path} was trained for {bundle.info.get('num_steps')} "
             f"steps, not the {num_steps} asked for; training it again")
     # a fresh run: the old run's checkpoints would resume on the old schedule
