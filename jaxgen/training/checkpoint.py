@@ -4,6 +4,12 @@ A checkpoint ``<dir>/<step>/`` holds ``state`` (step, params, EMA params, optimi
 ``data`` (the loader's JSON state), so a resumed run continues with the very next batch.
 Restoring walks back from the newest step when a checkpoint is unreadable (a half-written or
 corrupt directory), and says what to do when none is usable.
+
+Arrays may be sharded over several processes: every process calls `save` and writes its own
+shards (orbax), and `restore_latest` reads them back onto whatever shardings the target state
+has, so a checkpoint written by 4 processes with FSDP restores into one process, replicated.
+A multi-process run saves each process's loader state (``{"process_data_states": [...]}``);
+one restored by another number of processes starts its loader afresh, with a warning.
 """
 from __future__ import annotations
 
@@ -13,9 +19,12 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from jaxgen import parallel
 from jaxgen.training.state import TrainState
 
 log = logging.getLogger(__name__)
+
+_PER_PROCESS = "process_data_states"
 
 
 class CheckpointError(RuntimeError):
@@ -37,8 +46,23 @@ def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict | N
   step = int(jax.device_get(state.step))
   items = {"state": ocp.args.StandardSave(state.arrays())}
   if data_state is not None:
+    if jax.process_count() > 1:  # each host's loader has its own shard of the data
+      data_state = {_PER_PROCESS: parallel.process_allgather_json(data_state)}
     items["data"] = ocp.args.JsonSave(data_state)
   manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def _own_data_state(data: dict | None, step: int) -> dict | None:
+  """This process's loader state out of a restored ``data`` item (None: start afresh)."""
+  saved = len(data[_PER_PROCESS]) if isinstance(data, dict) and _PER_PROCESS in data else 1
+  if data is None or saved == jax.process_count() == 1:
+    return data
+  if saved == jax.process_count():
+    return data[_PER_PROCESS][jax.process_index()]
+  log.warning("the checkpoint at step %d was written by %d process(es), this run has %d: "
+              "the data loaders start from their first batch (the model state is restored)",
+              step, saved, jax.process_count())
+  return None
 
 
 def restore_latest(manager: ocp.CheckpointManager, state: TrainState, *,
@@ -64,7 +88,7 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState, *,
         items["data"] = ocp.args.JsonRestore()
       restored = manager.restore(step, args=ocp.args.Composite(**items))
       data = restored["data"] if with_data and "data" in restored else None
-      return state.replace_arrays(restored["state"]), data, step
+      return state.replace_arrays(restored["state"]), _own_data_state(data, step), step
     except Exception as e:  # noqa: BLE001 -- any failure to read means "try the previous one"
       log.warning("checkpoint at step %d in %s is unreadable (%s: %s); trying an older one",
                   step, manager.directory, type(e).__name__, e)

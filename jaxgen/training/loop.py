@@ -9,6 +9,14 @@ step, what a log line shows and what runs every N steps.
 
 The state is any pytree with ``arrays()`` / ``replace_arrays(tree)`` (`TrainState`,
 `jaxgen.gan.GANState`, the VQ states), so orbax saves exactly its arrays.
+
+Over several processes (`jaxgen.parallel.maybe_initialize_distributed`, a mesh from
+`jaxgen.parallel.make_global_mesh`) the same call runs in every process: each process's loader
+yields its own examples and the loop assembles the global batch
+(`jaxgen.parallel.global_batch`); a ``state_sharding`` places the state sharded (e.g. FSDP,
+`jaxgen.parallel.sharding_from_rules`) instead of replicated; every process writes its own
+shards of a checkpoint; a SIGTERM that reaches any process stops all of them at the same step
+with a checkpoint; process 0 alone writes ``run.json`` and the metrics.
 """
 from __future__ import annotations
 
@@ -173,7 +181,8 @@ class LoopResult:
 
 def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
                workdir: str | None = None, loader=None, batch_keys: Sequence[str] = ("image",),
-               image_shape: Sequence[int] | None = None, mesh=None, log_every: int = 50,
+               image_shape: Sequence[int] | None = None, mesh=None,
+               state_sharding: Callable[[Any], Any] | Any | None = None, log_every: int = 50,
                checkpoint_every: int = 500, max_to_keep: int = 3,
                finite_keys: Sequence[str] = ("loss",),
                postfix: Callable[[dict], Mapping[str, str]] | None = None,
@@ -192,7 +201,7 @@ def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
        and the loader's position is restored with it, so the next batch is the one an
        uninterrupted run would see.
     3. every step: the next batch (`jaxgen.data.check_batch`: shape, dtype, NaN), its
-       ``batch_keys`` sharded over ``mesh``, ``state, metrics = step_fn(state, batch)``; without a
+       ``batch_keys`` sharded over ``mesh``'s batch axes, ``state, metrics = step_fn(state, batch)``; without a
        loader ``step_fn(state, None)`` (a step that draws its own data from ``state.step``).
     4. every ``log_every`` steps and at the last one: the metrics come to the host with
        ``steps_per_sec`` added; any of ``finite_keys`` that is NaN/inf raises
@@ -218,6 +227,14 @@ def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
     batch_keys: batch entries passed to the step (those the batch has).
     image_shape: (H, W, C) the batches' images must have; None skips the check.
     mesh: device mesh; default `jaxgen.parallel.make_mesh()` (all local devices, axis ``data``).
+      The batch is split over its ``data`` and ``fsdp`` axes; a mesh over several processes
+      (`jaxgen.parallel.make_global_mesh`) takes each process's loader batch as its share.
+    state_sharding: None replicates the state over ``mesh``; otherwise the state's shardings:
+      a function ``arrays -> shardings`` (called with ``init().arrays()``, e.g.
+      ``jaxgen.parallel.sharding_from_rules(mesh, rules)`` for FSDP) or a pytree of
+      `jax.sharding.Sharding` shaped like ``state.arrays()``. A ``step_fn`` jitted without
+      shardings follows its inputs' (GSPMD); a step that returns the state with other
+      shardings has it put back onto these.
     log_every, checkpoint_every, max_to_keep: cadences and checkpoints kept.
     finite_keys: metrics that must stay finite.
     postfix: metrics -> the progress bar's postfix; default the first finite key.
@@ -240,16 +257,18 @@ def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
   if num_steps < 1:
     raise ValueError(f"train.num_steps must be >= 1, got {num_steps}")
   mesh = parallel.make_mesh() if mesh is None else mesh
-  n = mesh.devices.size
+  n, procs = parallel.data_parallel_size(mesh), jax.process_count()
   batch_size = getattr(loader, "batch_size", None)
-  if batch_size is not None and batch_size % n:
-    raise ValueError(f"the batch size ({batch_size}, data.batch_size) must be a multiple of "
-                     f"the {n} devices used for data parallelism")
+  if batch_size is not None and (batch_size * procs) % n:
+    per = "" if procs == 1 else f" per process x {procs} processes"
+    raise ValueError(f"the batch size ({batch_size}{per}, data.batch_size) must be a "
+                     f"multiple of the {n} devices used for data parallelism")
+  primary = parallel.is_primary()
   if workdir is not None:
     os.makedirs(workdir, exist_ok=True)
-    if run_record is not None:
+    if run_record is not None and primary:
       write_run_json(os.path.join(workdir, "run.json"), run_record)
-  state = parallel.replicate(init(), mesh)
+  state, shardings = _place_state(init(), mesh, state_sharding)
   manager, resumed_from = None, None
   if workdir is not None:
     manager = make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep)
@@ -268,17 +287,26 @@ def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
           f"parameters are not finite at step {int(jax.device_get(state.step))}; not saving "
           f"a checkpoint. The last good one (step {manager.latest_step()}) is kept in "
           f"{manager.directory}. {hint}".rstrip())
-    # A host copy: saving replicated device arrays costs one small compile per leaf shape.
-    save(manager, jax.device_get(state), None if loader is None else loader.get_state())
+    data_state = None if loader is None else loader.get_state()
+    if parallel.fully_addressable(state.arrays()):
+      # A host copy: saving replicated device arrays costs one small compile per leaf shape.
+      save(manager, jax.device_get(state), data_state)
+    else:  # arrays over several processes: each process writes its own shards
+      save(manager, state, data_state)
 
   keys = tuple(batch_keys)
+  reshard: dict = {}
 
   def step(state, batch):
     if batch is not None:
       if image_shape is not None:
         check_batch(batch, image_shape)  # cheap on the host
-      batch = parallel.shard_batch({k: batch[k] for k in keys if k in batch}, mesh)
-    return step_fn(state, batch)
+      batch = parallel.global_batch({k: batch[k] for k in keys if k in batch}, mesh)
+    state, metrics = step_fn(state, batch)
+    if shardings is not None and reshard.setdefault(
+        "needed", not _has_shardings(state.arrays(), shardings)):  # one program: check once
+      state = state.replace_arrays(jax.device_put(state.arrays(), shardings))
+    return state, metrics
 
   last: dict = {}
   bar_postfix = postfix or (lambda m: {k: f"{m[k]:.4f}" for k in finite_keys[:1] if k in m})
@@ -299,7 +327,7 @@ def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
     metrics_log.write(done, m)
     return bar_postfix(m)
 
-  metrics_log = MetricsLog(workdir, tensorboard=tensorboard)
+  metrics_log = MetricsLog(workdir if primary else None, tensorboard=tensorboard)
 
   def run_hook(fn, state, step: int) -> None:
     extra = fn(state, step)
@@ -323,7 +351,7 @@ def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
           m["steps_per_sec"] = (done - n0) / max(time.perf_counter() - t0, 1e-9)
           t0, n0 = time.perf_counter(), done
           bar.set_postfix(on_log(done, m))
-        if term.requested:
+        if term.requested if procs == 1 else parallel.any_process(term.requested):
           checkpoint(state)
           log.warning("SIGTERM: saved a checkpoint at step %d and stopped", done)
           terminated = True
@@ -352,3 +380,25 @@ def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
     metrics_log.close()
   return LoopResult(state=state, step=step_now, terminated=terminated,
                     resumed_from=resumed_from, metrics=dict(last))
+
+
+def _place_state(state, mesh, state_sharding):
+  """The fresh state on ``mesh``: replicated, or with the given shardings (then returned)."""
+  if state_sharding is None:
+    if jax.process_count() == 1:
+      return parallel.replicate(state, mesh), None
+    state_sharding = lambda arrays: jax.tree.map(lambda _: parallel.replicated(mesh), arrays)
+  arrays = state.arrays()
+  shardings = state_sharding(arrays) if callable(state_sharding) else state_sharding
+  try:
+    jax.tree.map(lambda *_: None, arrays, shardings)
+  except ValueError as e:
+    raise ValueError("state_sharding must give one Sharding per leaf of state.arrays() "
+                     f"(the same tree structure): {e}") from None
+  return state.replace_arrays(parallel.place(arrays, shardings)), shardings
+
+
+def _has_shardings(arrays, shardings) -> bool:
+  return all(getattr(x, "sharding", None) is not None
+             and x.sharding.is_equivalent_to(s, x.ndim)
+             for x, s in zip(jax.tree.leaves(arrays), jax.tree.leaves(shardings)))
