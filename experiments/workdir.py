@@ -112,21 +112,25 @@ def log_eval(workdir: str, step: int, result: Mapping[str, Any]) -> None:
 
 def cached_classifier(path: str, images, labels, *, key, num_steps: int, **kwargs):
   """The feature / attribute classifier in directory ``path``: loaded when it is there and
-  was trained for ``num_steps`` steps, otherwise trained (`jaxgen.metrics.train_classifier`,
-  checkpointed in ``path`` so a SIGTERM resumes it) and saved. A saved classifier that is
-  unreadable or records training for another number of steps is trained again from scratch
-  (one that records none, e.g. placed there by hand, is used as it is)."""
+  was trained for ``num_steps`` steps with the architecture asked for, otherwise trained
+  (`jaxgen.metrics.train_classifier`, checkpointed in ``path`` so a SIGTERM resumes it) and
+  saved. A saved classifier that is unreadable, records training for another number of
+  steps, or has other ``features`` / ``embed_dim`` / ``coord_channels`` than ``kwargs`` name
+  is trained again from scratch (one that records no step count, e.g. placed there by hand,
+  is used as it is whatever its architecture)."""
   if os.path.isfile(os.path.join(path, "config.json")):
     try:
       bundle = M.load_classifier(path)
     except (OSError, ValueError) as e:
       print(f"cached classifier in {path} is unreadable ({e}); training it again")
     else:
-      if bundle.info.get("num_steps", num_steps) == num_steps:  # none recorded: put there
-        return bundle                                              # by hand, used as it is
-      print(f"cached classifier in {path} was trained for {bundle.info.get('num_steps')} "
-            f"steps, not the {num_steps} asked for; training it again")
-    # a fresh run: the old run's checkpoints would resume on the old schedule
+      if "num_steps" not in bundle.info:  # put there by hand: used as it is
+        return bundle
+      why = _classifier_mismatch(bundle, num_steps, kwargs)
+      if why is None:
+        return bundle
+      print(f"cached classifier in {path} {why}; training it again")
+    # a fresh run: the old run's checkpoints would resume on the old schedule / shapes
     shutil.rmtree(os.path.join(path, "checkpoints"), ignore_errors=True)
     if os.path.isfile(os.path.join(path, "metrics.jsonl")):
       os.remove(os.path.join(path, "metrics.jsonl"))
@@ -134,6 +138,18 @@ def cached_classifier(path: str, images, labels, *, key, num_steps: int, **kwarg
                               **kwargs)
   M.save_classifier(path, bundle)
   return bundle
+
+
+def _classifier_mismatch(bundle, num_steps: int, kwargs: dict) -> str | None:
+  """Why a saved classifier is not the one asked for (None when it is)."""
+  if bundle.info["num_steps"] != num_steps:
+    return f"was trained for {bundle.info['num_steps']} steps, not the {num_steps} asked for"
+  for name, cast in (("features", lambda v: tuple(int(f) for f in v)), ("embed_dim", int),
+                     ("coord_channels", bool)):
+    if name in kwargs and cast(kwargs[name]) != getattr(bundle.config, name):
+      return (f"has {name}={getattr(bundle.config, name)}, not the {cast(kwargs[name])} "
+              "asked for")
+  return None
 
 
 def fid_to(clf, reference_images) -> Callable[[np.ndarray], float]:

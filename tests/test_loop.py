@@ -66,8 +66,8 @@ def test_feature_classifier_resumes_exactly_after_sigterm(digits, tmp_path):
 
 def test_cached_classifier_is_trained_again_for_another_number_of_steps(digits, tmp_path,
                                                                         monkeypatch, capsys):
-  """A cached judge is reused only at the number of steps asked for; at another it is trained
-  afresh (equal to a first training at that number, not resumed from the old run)."""
+  """A cached judge is reused only at the number of steps and architecture asked for; at
+  another it is trained afresh (equal to a first training at that number, not resumed from the old run)."""
   from experiments import workdir as W
   x, y = digits["image"][:64], {"label": digits["label"][:64]}
   small = dict(batch_size=8, features=(4, 4), embed_dim=4, key=jax.random.key(1))
@@ -84,6 +84,10 @@ def test_cached_classifier_is_trained_again_for_another_number_of_steps(digits, 
   fresh = train(x, y, num_steps=5, **small)
   for a, b in zip(jax.tree.leaves(fresh.params), jax.tree.leaves(again.params)):
     np.testing.assert_array_equal(a, b)
+  # Another architecture at the same number of steps is trained again too.
+  wider = W.cached_classifier(path, x, y, num_steps=5, **{**small, "features": (4, 8)})
+  assert calls == [5, 5] and wider.config.features == (4, 8)
+  assert "has features=(4, 4), not the (4, 8) asked for" in capsys.readouterr().out
 
 
 def test_feature_classifier_nan_loss_stops(digits):

@@ -52,7 +52,7 @@ def get_config(variant=None):
     config.eval.samples_per_prompt, config.eval.seen_prompts = 2, 2
     config.eval.sweep_samples, config.eval.negative_samples = 8, 4
     config.eval.guidance_scales = (1.0, 3.0)
-    config.eval.classifier_steps = 5
+    config.eval.classifier_steps, config.eval.classifier_features = 5, (8, 16)
   elif variant is not None:
     raise ValueError(f"unknown variant {variant!r} of ldm_shapes; expected 'pixel', 'smoke' or none")
   return config

@@ -86,6 +86,8 @@ class LDMEvalConfig(EvalConfig):
   guidance_scales: tuple[float, ...] = (1.0, 3.0, 5.0, 7.5)
   sweep_samples: int = 500         # samples per guidance scale (CLIP score, classifier-FID)
   negative_samples: int = 128      # samples of "a circle" with and without negative "red"
+  classifier_features: tuple[int, ...] = (32, 64, 128)  # the judge's conv stages (channels);
+  # three stages read the shape of the smallest drawings (two read 74% of real test shapes)
 
 
 @dataclasses.dataclass

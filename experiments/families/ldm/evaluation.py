@@ -45,7 +45,7 @@ def attribute_classifier(workdir: str, config):
                              heads={k: n for k, n in zip(ATTRIBUTES, CD.SIZES)},
                              key=jax.random.key(config.seed + 1000),
                              num_steps=config.eval.classifier_steps, augment_noise=0.05,
-                             augment_shift=0)
+                             augment_shift=0, features=tuple(config.eval.classifier_features))
 
 
 def _float(images_uint8) -> np.ndarray:
