@@ -77,7 +77,8 @@ def _loss(apply, schedule, cond_key=None):
 def _models():
   schedule = make_schedule("linear", 1000)
   cifar = UNet2D(UNetConfig(**CIFAR10_UNET))
-  sd = UNet2DConditionModel(UNet2DConditionConfig(sample_size=64))  # SD 1.5's defaults
+  sd = UNet2DConditionModel(UNet2DConditionConfig(sample_size=64,  # SD 1.5's U-Net, 860M
+                                                   cross_attention_dim=768))
   return {
       "cifar10_unet": dict(
           params=param_shapes(cifar), batch={"image": ((128, 32, 32, 3), jnp.float32)},

@@ -175,8 +175,8 @@ def _checkpoint(workdir, step):
   """The arrays of checkpoint `step` of `workdir`, restored in this process (one device)."""
   manager = make_manager(os.path.join(workdir, "checkpoints"), async_save=False)
   try:
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                          parallel.replicate(_init(), parallel.make_mesh(jax.devices()[:1])).arrays())
+    one = parallel.make_mesh(jax.devices()[:1])
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, parallel.replicate(_init(), one).arrays())
     out = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
   finally:

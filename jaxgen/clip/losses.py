@@ -19,8 +19,10 @@ MAX_LOGIT_SCALE = 100.0  # Radford et al. 2021, sec. 2.5: the temperature is cli
 
 
 def normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """x / ||x|| over the last axis (in float32)."""
-  x = x.astype(jnp.float32)
+  """x / ||x|| over the last axis, in at least float32 (bfloat16 / float16 inputs are computed
+  and returned in float32, float64 ones in float64)."""
+  x = jnp.asarray(x)
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 

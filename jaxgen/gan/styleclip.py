@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxgen.clip.losses import normalize
 from jaxgen.gan.projector import projector_learning_rate
 
 __all__ = ["LatentOptimizationResult", "TextToImageResult", "apply_global_direction",
@@ -41,13 +42,6 @@ __all__ = ["LatentOptimizationResult", "TextToImageResult", "apply_global_direct
            "clip_edit_loss", "global_direction", "make_latent_optimizer",
            "make_latent_optimizer_steps", "make_text_to_image", "mean_text_features",
            "resize_for_clip", "text_direction"]
-
-
-def normalize(x, eps: float = 1e-12) -> jax.Array:
-  """x / ||x|| over the last axis, in x's own precision (`jaxgen.clip.normalize` computes in
-  float32)."""
-  x = jnp.asarray(x)
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
 def clip_distance(image_features, text_features) -> jax.Array:

@@ -201,8 +201,9 @@ def train_loop(init: Callable[[], Any], step_fn: StepFn, *, num_steps: int,
        and the loader's position is restored with it, so the next batch is the one an
        uninterrupted run would see.
     3. every step: the next batch (`jaxgen.data.check_batch`: shape, dtype, NaN), its
-       ``batch_keys`` sharded over ``mesh``'s batch axes, ``state, metrics = step_fn(state, batch)``; without a
-       loader ``step_fn(state, None)`` (a step that draws its own data from ``state.step``).
+       ``batch_keys`` sharded over ``mesh``'s batch axes,
+       ``state, metrics = step_fn(state, batch)``; without a loader ``step_fn(state, None)``
+       (a step that draws its own data from ``state.step``).
     4. every ``log_every`` steps and at the last one: the metrics come to the host with
        ``steps_per_sec`` added; any of ``finite_keys`` that is NaN/inf raises
        `NonFiniteLossError` (the last good checkpoint stays); ``log_fn(step, metrics)`` may add
