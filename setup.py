@@ -18,6 +18,7 @@ setup(
         "orbax-checkpoint>=0.11",
         "tensorflow-datasets>=4.9.7",
         "array-record>=0.7",
+        "grain>=0.2.18",  # jaxgen.data.GrainLoader
         "chex>=0.1.88",
         "numpy>=1.26",
         "pillow>=10",

@@ -13,6 +13,7 @@ Images are NHWC float32 in [-1, 1]; labels and attributes are int32.
 from __future__ import annotations
 
 from jaxgen.data.digits import DigitsSource
+from jaxgen.data.grain_loader import GrainLoader
 from jaxgen.data.loader import Loader
 from jaxgen.data.shapes import (SHAPES_ATTRIBUTES, SHAPES_COLORS_RGB, SHAPES_HELD_OUT,
                                 SHAPES_IMAGE_SIZES, ShapesSource, make_shapes,
@@ -61,7 +62,8 @@ def get_source(name: str, split: str, *, image_size: int | None = None,
 
 __all__ = [
     "DATASETS", "EMBEDDED_DATASETS", "TFDS_DATASETS", "SHAPES_ATTRIBUTES",
-    "SHAPES_COLORS_RGB", "SHAPES_HELD_OUT", "SHAPES_IMAGE_SIZES", "ArraySource", "DigitsSource", "Loader",
+    "SHAPES_COLORS_RGB", "SHAPES_HELD_OUT", "SHAPES_IMAGE_SIZES", "ArraySource", "DigitsSource",
+    "GrainLoader", "Loader",
     "ShapesSource", "Source", "TfdsSource", "center_crop", "check_batch", "get_source",
     "load_all", "make_shapes", "prepare_command", "resize_images", "shapes_attribute_values",
     "shapes_caption", "shapes_held_out_mask", "uint8_to_float",
