@@ -2,9 +2,10 @@
 
 Prints one JSON object. For each model, the train step (AdamW + EMA, `make_step_from_loss`)
 is lowered with ``jax.ShapeDtypeStruct`` inputs (no real parameters are allocated) and
-compiled for 8 devices, once with the state replicated over a ``data=8`` mesh and once
-sharded by the default FSDP rule over a ``fsdp=8`` mesh (`jaxgen.parallel.state_shardings`);
-it reports, per device:
+compiled for 8 devices: with the state replicated over a ``data=8`` mesh, sharded by the
+default FSDP rule over a ``fsdp=8`` mesh (`jaxgen.parallel.state_shardings`), FSDP with every
+U-Net block rematerialised (``remat_policy="nothing_saveable"``) and FSDP with the batch in 4
+accumulated micro-batches (``accum_steps=4``); it reports, per device:
 
 * ``state_bytes``: parameters + EMA + optimiser state, from the shardings' shard shapes;
 * ``argument_bytes`` / ``output_bytes`` / ``temp_bytes``: XLA's ``memory_analysis()`` of the
@@ -74,11 +75,16 @@ def _loss(apply, schedule, cond_key=None):
   return loss_fn
 
 
-def _models():
+# variant -> (FSDP over all devices, remat policy of every U-Net block, micro-batches)
+VARIANTS = {"replicated": (False, None, 1), "fsdp": (True, None, 1),
+            "fsdp_remat": (True, "nothing_saveable", 1), "fsdp_accum4": (True, None, 4)}
+
+
+def _models(remat: str | None = None):
   schedule = make_schedule("linear", 1000)
-  cifar = UNet2D(UNetConfig(**CIFAR10_UNET))
+  cifar = UNet2D(UNetConfig(**CIFAR10_UNET), remat_policy=remat)
   sd = UNet2DConditionModel(UNet2DConditionConfig(sample_size=64,  # SD 1.5's U-Net, 860M
-                                                   cross_attention_dim=768))
+                                                   cross_attention_dim=768), remat_policy=remat)
   return {
       "cifar10_unet": dict(
           params=param_shapes(cifar), batch={"image": ((128, 32, 32, 3), jnp.float32)},
@@ -102,7 +108,7 @@ def _per_device_bytes(arrays, shardings) -> int:
              for x, s in zip(jax.tree.leaves(arrays), jax.tree.leaves(shardings)))
 
 
-def _compiled(model, mesh, fsdp: bool):
+def _compiled(model, mesh, fsdp: bool, accum_steps: int = 1):
   state = _abstract_state(model["params"])
   arrays = state.arrays()
   if fsdp:
@@ -113,26 +119,30 @@ def _compiled(model, mesh, fsdp: bool):
   batch_sh = parallel.batch_sharding(mesh)
   batch = {k: jax.ShapeDtypeStruct(s, d, sharding=batch_sh)
            for k, (s, d) in model["batch"].items()}
-  step = make_step_from_loss(model["loss"], ema_decay=0.9999)
+  step = make_step_from_loss(model["loss"], ema_decay=0.9999, accum_steps=accum_steps)
   key = jax.random.key(0)
   fn = jax.jit(lambda s, b: step(s, b, key), in_shardings=(state_sh, batch_sh),
                out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=0)
   return fn, state, arrays, shardings, batch
 
 
-def memory(name: str, model, devices) -> dict:
+def memory(name: str, devices, variants) -> dict:
+  model = _models()[name]
   out = {"model": name, "params": sum(math.prod(x.shape)
                                       for x in jax.tree.leaves(model["params"])),
          "global_batch": {k: list(s) for k, (s, _) in model["batch"].items()},
          "devices": len(devices)}
-  for variant, fsdp in (("replicated", False), ("fsdp", True)):
+  for variant in variants:
+    fsdp, remat, accum = VARIANTS[variant]
+    model = _models(remat)[name]
     mesh = parallel.make_global_mesh(fsdp=len(devices) if fsdp else 1, devices=devices)
-    fn, state, arrays, shardings, batch = _compiled(model, mesh, fsdp)
+    fn, state, arrays, shardings, batch = _compiled(model, mesh, fsdp, accum)
     t0 = time.perf_counter()
     compiled = fn.lower(state, batch).compile()
     mem = compiled.memory_analysis()
     out[variant] = {
-        "mesh": dict(mesh.shape), "state_bytes": _per_device_bytes(arrays, shardings),
+        "mesh": dict(mesh.shape), "remat_policy": remat, "accum_steps": accum,
+        "state_bytes": _per_device_bytes(arrays, shardings),
         "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
         "alias_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
         "compile_s": round(time.perf_counter() - t0, 1)}
@@ -173,6 +183,7 @@ def step_time(devices, repeats: int) -> dict:
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--models", nargs="+", default=["cifar10_unet", "sd15_unet"])
+  p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
   p.add_argument("--repeats", type=int, default=20)
   p.add_argument("--no-step-time", action="store_true", help="memory only")
   args = p.parse_args()
@@ -180,10 +191,9 @@ def main():
   if len(devices) < 8:
     raise SystemExit(f"needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8), "
                      f"found {len(devices)}")
-  models = _models()
   result = {"backend": jax.default_backend(), "jax": jax.__version__,
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "memory": [memory(n, models[n], devices[:8]) for n in args.models],
+            "memory": [memory(n, devices[:8], args.variants) for n in args.models],
             "step_time": None if args.no_step_time else step_time(devices[:4], args.repeats)}
   print(json.dumps(result, indent=1))
 

@@ -217,6 +217,39 @@ class TrainConfig(LoopConfig):
   grad_clip: float | None = 1.0
 
 
+RematPolicy = Literal["nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                      "everything_saveable"]
+
+
+@dataclasses.dataclass
+class UNetTrainConfig(TrainConfig):
+  """The train section of the U-Net families: memory and precision (docs/parallelism.md).
+
+  ``compute_dtype``: the U-Net's computation dtype; parameters, optimiser state, EMA and the
+  loss stay float32 (mixed precision). ``remat_policy``: rematerialise every U-Net block in the
+  backward pass (`jaxgen.nn.remat`). ``accum_steps``: average the gradients of this many
+  micro-batches per update (`jaxgen.training.accumulate_gradients`); the batch size stays
+  ``data.batch_size``.
+  """
+  compute_dtype: Literal["float32", "bfloat16"] = "float32"
+  remat_policy: RematPolicy | None = None
+  accum_steps: int = 1
+
+
+def unet_compute_dtype(train: UNetTrainConfig):
+  """The jnp dtype named by ``train.compute_dtype``."""
+  import jax.numpy as jnp
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[train.compute_dtype]
+
+
+def check_accum_steps(config) -> None:
+  """``train.accum_steps`` must be >= 1 and divide ``data.batch_size`` (`ConfigError`)."""
+  k, b = config.train.accum_steps, config.data.batch_size
+  if k < 1 or b % k:
+    raise ConfigError(f"train.accum_steps={k}: expected an int >= 1 that divides "
+                      f"data.batch_size={b} (each micro-batch has batch_size / accum_steps)")
+
+
 @dataclasses.dataclass
 class SampleConfig:
   num: int = 64                    # images in a grid written after training

@@ -23,6 +23,7 @@ import numpy as np
 from jaxgen.nn.init import init_from_shapes, module_param_shapes
 from jaxgen.nn.layers import (DownBlock, MidBlock, TimestepEmbedding, UpBlock, _conv, _group_norm,
                               timestep_embedding)
+from jaxgen.nn.remat import call_block, check_remat_policy
 
 DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D")
 UP_BLOCK_TYPES = ("UpBlock2D", "AttnUpBlock2D")
@@ -280,9 +281,13 @@ class UNet2D(nn.Module):
     config: the architecture.
     dtype: computation dtype (e.g. jnp.bfloat16); parameters are always float32 and the
       output is float32.
+    remat_policy: rematerialise every down, mid and up block in the backward pass with this
+      `jaxgen.nn.remat.REMAT_POLICIES` policy (None: keep all activations). Same parameters
+      and results; less activation memory, one more forward per block.
   """
   config: UNetConfig
   dtype: Any = jnp.float32
+  remat_policy: str | None = None
 
   def _check_inputs(self, x, t, y, train):
     cfg = self.config
@@ -354,6 +359,8 @@ class UNet2D(nn.Module):
     """
     cfg = self.config
     t, y = self._check_inputs(x, t, y, train)
+    check_remat_policy(self.remat_policy, "UNet2D.remat_policy")
+    remat = self.remat_policy
     c0 = cfg.block_out_channels[0]
     if cfg.center_input_sample:
       x = 2.0 * x - 1.0
@@ -376,21 +383,24 @@ class UNet2D(nn.Module):
     common = dict(groups=cfg.norm_num_groups, eps=cfg.norm_eps, dropout=cfg.dropout,
                   attention_head_dim=cfg.attention_head_dim, dtype=self.dtype)
     for i, (kind, ch) in enumerate(zip(cfg.down_block_types, cfg.block_out_channels)):
-      h, res = DownBlock(ch, cfg.layers_per_block, attention=kind == "AttnDownBlock2D",
-                         add_downsample=i < n - 1, downsample_padding=cfg.downsample_padding,
-                         **common, name=f"down_blocks_{i}")(h, emb, train=train)
+      block = DownBlock(ch, cfg.layers_per_block, attention=kind == "AttnDownBlock2D",
+                        add_downsample=i < n - 1, downsample_padding=cfg.downsample_padding,
+                        **common, name=f"down_blocks_{i}")
+      h, res = call_block(block, remat, h, emb, train=train)
       skips.extend(res)
     if cfg.mid_block_type is not None:
-      h = MidBlock(cfg.block_out_channels[-1], attention=cfg.add_attention,
-                   attn_groups=cfg.attn_norm_num_groups or cfg.norm_num_groups,
-                   output_scale_factor=float(cfg.mid_block_scale_factor), **common,
-                   name="mid_block")(h, emb, train=train)
+      block = MidBlock(cfg.block_out_channels[-1], attention=cfg.add_attention,
+                       attn_groups=cfg.attn_norm_num_groups or cfg.norm_num_groups,
+                       output_scale_factor=float(cfg.mid_block_scale_factor), **common,
+                       name="mid_block")
+      h = call_block(block, remat, h, emb, train=train)
     rev = cfg.block_out_channels[::-1]
     for i, kind in enumerate(cfg.up_block_types):
       k = cfg.layers_per_block + 1
       res, skips = skips[-k:], skips[:-k]
-      h = UpBlock(rev[i], k, attention=kind == "AttnUpBlock2D", add_upsample=i < n - 1, **common,
-                  name=f"up_blocks_{i}")(h, tuple(res), emb, train=train)
+      block = UpBlock(rev[i], k, attention=kind == "AttnUpBlock2D", add_upsample=i < n - 1,
+                      **common, name=f"up_blocks_{i}")
+      h = call_block(block, remat, h, tuple(res), emb, train=train)
     h = _group_norm(cfg.norm_num_groups, cfg.norm_eps, "conv_norm_out", self.dtype)(h)
     h = nn.silu(h)
     h = _conv(cfg.out_channels, 3, "conv_out", self.dtype)(h)

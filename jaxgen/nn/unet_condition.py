@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxgen.nn.init import init_from_shapes, module_param_shapes
 from jaxgen.nn.layers import DownBlock, TimestepEmbedding, UpBlock, _conv, _group_norm, timestep_embedding
+from jaxgen.nn.remat import call_block, check_remat_policy
 from jaxgen.nn.transformer2d import CrossAttnDownBlock, CrossAttnMidBlock, CrossAttnUpBlock
 from jaxgen.nn.unet import UnsupportedOptionError
 
@@ -327,9 +328,12 @@ class UNet2DConditionModel(nn.Module):
     config: the architecture.
     dtype: computation dtype (e.g. jnp.bfloat16); parameters are always float32, the
       softmax float32, and the output float32.
+    remat_policy: rematerialise every down, mid and up block in the backward pass with this
+      `jaxgen.nn.remat.REMAT_POLICIES` policy (None: keep all activations).
   """
   config: UNet2DConditionConfig
   dtype: Any = jnp.float32
+  remat_policy: str | None = None
 
   def _check_inputs(self, x, t, context, train):
     cfg = self.config
@@ -397,6 +401,8 @@ class UNet2DConditionModel(nn.Module):
     """
     cfg = self.config
     t, ctx = self._check_inputs(x, t, encoder_hidden_states, train)
+    check_remat_policy(self.remat_policy, "UNet2DConditionModel.remat_policy")
+    remat = self.remat_policy
     c0, n = cfg.block_out_channels[0], cfg.num_levels
     if cfg.center_input_sample:
       x = 2.0 * x - 1.0
@@ -416,16 +422,17 @@ class UNet2DConditionModel(nn.Module):
       down = dict(add_downsample=i < n - 1, downsample_padding=cfg.downsample_padding,
                   name=f"down_blocks_{i}")
       if kind == CROSS_DOWN:
-        h, res = CrossAttnDownBlock(ch, layers[i], tlayers[i], heads[i],
-                                    only_cross_attention=only_cross[i], **attn, **down)(
-                                        h, emb, ctx, train=train)
+        block = CrossAttnDownBlock(ch, layers[i], tlayers[i], heads[i],
+                                   only_cross_attention=only_cross[i], **attn, **down)
+        h, res = call_block(block, remat, h, emb, ctx, train=train)
       else:
-        h, res = DownBlock(ch, layers[i], **common, **down)(h, emb, train=train)
+        h, res = call_block(DownBlock(ch, layers[i], **common, **down), remat, h, emb, train=train)
       skips.extend(res)
     if cfg.mid_block_type == CROSS_MID:
-      h = CrossAttnMidBlock(cfg.block_out_channels[-1], 1, tlayers[-1], heads[-1], **attn,
-                            output_scale_factor=float(cfg.mid_block_scale_factor),
-                            name="mid_block")(h, emb, ctx, train=train)
+      block = CrossAttnMidBlock(cfg.block_out_channels[-1], 1, tlayers[-1], heads[-1], **attn,
+                                output_scale_factor=float(cfg.mid_block_scale_factor),
+                                name="mid_block")
+      h = call_block(block, remat, h, emb, ctx, train=train)
     # The up path reads every per-level option in reverse (level n-1 first).
     for i, kind in enumerate(cfg.up_block_types):
       j = n - 1 - i
@@ -433,10 +440,11 @@ class UNet2DConditionModel(nn.Module):
       res, skips = tuple(skips[-k:]), skips[:-k]
       ch, up = cfg.block_out_channels[j], dict(add_upsample=i < n - 1, name=f"up_blocks_{i}")
       if kind == CROSS_UP:
-        h = CrossAttnUpBlock(ch, k, tlayers[j], heads[j], only_cross_attention=only_cross[j],
-                             **attn, **up)(h, res, emb, ctx, train=train)
+        block = CrossAttnUpBlock(ch, k, tlayers[j], heads[j], only_cross_attention=only_cross[j],
+                                 **attn, **up)
+        h = call_block(block, remat, h, res, emb, ctx, train=train)
       else:
-        h = UpBlock(ch, k, **common, **up)(h, res, emb, train=train)
+        h = call_block(UpBlock(ch, k, **common, **up), remat, h, res, emb, train=train)
     h = _group_norm(cfg.norm_num_groups, cfg.norm_eps, "conv_norm_out", self.dtype)(h)
     h = nn.silu(h)
     p = (cfg.conv_out_kernel - 1) // 2

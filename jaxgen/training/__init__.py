@@ -8,4 +8,5 @@ from jaxgen.training.loop import (LoopResult, MetricsLog, NonFiniteLossError, Te
 from jaxgen.training.classifier_step import make_classifier_train_step, noisy_classifier_loss_fn
 from jaxgen.training.optim import make_optimizer
 from jaxgen.training.state import TrainState, ema_decay_at, ema_update
-from jaxgen.training.step import diffusion_loss_fn, make_step_from_loss, make_train_step
+from jaxgen.training.step import (accumulate_gradients, diffusion_loss_fn, make_step_from_loss,
+                                  make_train_step)

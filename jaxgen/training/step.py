@@ -27,8 +27,42 @@ def _l2(tree) -> jax.Array:
   return optax.global_norm(tree)
 
 
+def accumulate_gradients(loss_fn: LossFn, params, batch: dict, key: jax.Array, offset,
+                         accum_steps: int):
+  """``((loss, aux), grads)`` of ``loss_fn`` over ``batch``, as the mean over ``accum_steps``
+  equal contiguous micro-batches computed one after another in a ``lax.scan`` (gradient
+  accumulation): the activations of one micro-batch at a time are live, the result is the
+  full batch's mean gradient (exactly, up to float summation order, for a loss that is a
+  mean over examples). Micro-batch ``i`` gets ``offset + i * micro`` as its example offset,
+  so every example draws the noise it would draw in the full batch.
+
+  Raises:
+    ValueError: when ``accum_steps`` does not divide the batch.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if accum_steps == 1:
+    return grad_fn(params, batch, key, offset)
+  b = jax.tree.leaves(batch)[0].shape[0]
+  if b % accum_steps:
+    raise ValueError(f"grad accumulation: accum_steps={accum_steps} must divide the batch of "
+                     f"{b} examples (each micro-batch has batch / accum_steps)")
+  micro = b // accum_steps
+  micro_batches = jax.tree.map(lambda x: x.reshape((accum_steps, micro) + x.shape[1:]), batch)
+  first = jax.tree.map(lambda x: x[0], micro_batches)
+  out_shape = jax.eval_shape(grad_fn, params, first, key, offset)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
+
+  def body(total, inputs):
+    i, mb = inputs
+    out = grad_fn(params, mb, key, offset + i * micro)
+    return jax.tree.map(jnp.add, total, out), None
+
+  total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro_batches))
+  return jax.tree.map(lambda x: x / accum_steps, total)
+
+
 def make_step_from_loss(loss_fn: LossFn, *, ema_decay: float = 0.9999, ema_warmup: bool = False,
-                        axis_name: str | None = None) -> Callable:
+                        axis_name: str | None = None, accum_steps: int = 1) -> Callable:
   """Wraps a loss into a train step with AdamW update, EMA and norms in the metrics.
 
   Args:
@@ -36,17 +70,22 @@ def make_step_from_loss(loss_fn: LossFn, *, ema_decay: float = 0.9999, ema_warmu
     ema_decay: EMA decay of the parameters.
     ema_warmup: use min(decay, (1 + step) / (10 + step)).
     axis_name: the pmap axis to average gradients over, or None under jit/sharding.
+    accum_steps: split each batch into this many micro-batches and average their gradients
+      (:func:`accumulate_gradients`) before the one optimiser update: the update of the
+      whole batch with the activation memory of one micro-batch.
   Returns:
     ``step(state, batch, key) -> (state, metrics)``; metrics hold loss, l2_grads, l2_params,
     l2_updates, ema_decay (scalars).
   """
+  if not isinstance(accum_steps, int) or isinstance(accum_steps, bool) or accum_steps < 1:
+    raise ValueError(f"accum_steps must be an int >= 1, got {accum_steps!r}")
 
   def step(state: TrainState, batch: dict, key: jax.Array):
     key = jax.random.fold_in(key, state.step)
     local_b = jax.tree.leaves(batch)[0].shape[0]
     offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_b
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, key, offset)
+    (loss, aux), grads = accumulate_gradients(loss_fn, state.params, batch, key, offset,
+                                              accum_steps)
     if axis_name is not None:
       grads, loss, aux = jax.lax.pmean((grads, loss, aux), axis_name)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
@@ -97,12 +136,13 @@ def diffusion_loss_fn(model, schedule: Schedule, *, prediction_type: str = "epsi
 def make_train_step(model, schedule: Schedule, *, prediction_type: str = "epsilon",
                     ema_decay: float = 0.9999, ema_warmup: bool = False,
                     cond_drop_prob: float = 0.0, null_label: int | None = None,
-                    axis_name: str | None = None) -> Callable:
+                    axis_name: str | None = None, accum_steps: int = 1) -> Callable:
   """The diffusion train step ``step(state, batch, key) -> (state, metrics)`` (Ho et al. 2020,
   Algorithm 1, with AdamW, EMA and optional condition dropout). ``batch`` is
   ``{"image": [B, H, W, C] float32 in [-1, 1], "label": [B] int32 (conditional models)}``.
-  Jit it with ``donate_argnums=0``; see the module docstring for data parallelism."""
+  Jit it with ``donate_argnums=0``; see the module docstring for data parallelism;
+  ``accum_steps`` as :func:`make_step_from_loss`."""
   loss_fn = diffusion_loss_fn(model, schedule, prediction_type=prediction_type,
                               cond_drop_prob=cond_drop_prob, null_label=null_label)
   return make_step_from_loss(loss_fn, ema_decay=ema_decay, ema_warmup=ema_warmup,
-                             axis_name=axis_name)
+                             axis_name=axis_name, accum_steps=accum_steps)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from experiments.config import (Config, DataConfig, EvalConfig, SampleConfig, TrainConfig,
-                                overrides_of)
+from experiments.config import (Config, DataConfig, EvalConfig, SampleConfig, UNetTrainConfig,
+                                check_accum_steps, overrides_of)
 from jaxgen.nn import UNetConfig
 
 __all__ = ["DDPMConfig", "DataConfig", "DiffusionConfig", "DiffusionEvalConfig",
@@ -26,7 +26,7 @@ class DiffusionConfig:
 
 
 @dataclasses.dataclass
-class DiffusionTrainConfig(TrainConfig):
+class DiffusionTrainConfig(UNetTrainConfig):
   cond_drop_prob: float = 0.0      # > 0: classifier-free guidance training (a null class)
 
 
@@ -56,3 +56,6 @@ class DDPMConfig(Config):
   train: DiffusionTrainConfig = dataclasses.field(default_factory=DiffusionTrainConfig)
   sample: DiffusionSampleConfig = dataclasses.field(default_factory=DiffusionSampleConfig)
   eval: DiffusionEvalConfig = dataclasses.field(default_factory=DiffusionEvalConfig)
+
+  def validate(self) -> None:
+    check_accum_steps(self)

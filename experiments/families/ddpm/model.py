@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.config import unet_compute_dtype
 from experiments.families.ddpm.config import DDPMConfig
 from jaxgen import diffusion as D
 from jaxgen.batching import map_batched
@@ -32,7 +33,7 @@ def build_model(config: DDPMConfig, image_shape, num_classes: int | None = None)
   if h % f or w % f:
     raise ValueError(f"images of {h}x{w} cannot pass {ucfg.num_levels} U-Net levels (sizes must "
                      f"be multiples of {f}); set data.image_size or fewer block_out_channels")
-  return UNet2D(ucfg)
+  return UNet2D(ucfg, dtype=unet_compute_dtype(config.train), remat_policy=config.train.remat_policy)
 
 
 def null_label(model: UNet2D) -> int | None:

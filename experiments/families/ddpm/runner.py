@@ -46,7 +46,7 @@ def train(config: DDPMConfig, workdir: str, *, sources: Sources = W.build_source
   step_fn = jax.jit(make_train_step(
       model, schedule, prediction_type=config.diffusion.prediction_type,
       ema_decay=tc.ema_decay, ema_warmup=tc.ema_warmup, cond_drop_prob=tc.cond_drop_prob,
-      null_label=B.null_label(model)), donate_argnums=0)
+      null_label=B.null_label(model), accum_steps=tc.accum_steps), donate_argnums=0)
   sample_fn = B.make_sample_fn(model, schedule, config, config.sample.sampler)
   table = B.sampling_table(config)
 

@@ -42,6 +42,7 @@ class GuidanceConfig(DDPMConfig):
       default_factory=NoisyClassifierSection)
 
   def validate(self) -> None:
+    super().validate()
     if self.guidance.condition == "shapes_words" and self.data.name != "shapes":
       raise ValueError("guidance.condition='shapes_words' needs data.name='shapes'")
     if self.family == "cfg" and self.train.cond_drop_prob <= 0:

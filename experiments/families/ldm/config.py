@@ -16,7 +16,7 @@ import dataclasses
 from typing import Literal
 
 from experiments.config import (Config, ConfigError, DataConfig, EvalConfig, TrainConfig,
-                                overrides_of)
+                                UNetTrainConfig, check_accum_steps, overrides_of)
 from experiments.families.ddpm.config import DiffusionConfig
 from jaxgen.nn import UNet2DConditionConfig
 
@@ -63,7 +63,7 @@ class LDMSection:
 
 
 @dataclasses.dataclass
-class LDMTrainConfig(TrainConfig):
+class LDMTrainConfig(UNetTrainConfig):
   pass
 
 
@@ -107,6 +107,7 @@ class LDMExperiment(Config):
   eval: LDMEvalConfig = dataclasses.field(default_factory=LDMEvalConfig)
 
   def validate(self) -> None:
+    check_accum_steps(self)
     if self.data.name != "shapes":
       raise ConfigError(f"the ldm family trains on the shapes captions: data.name must be "
                         f"'shapes', got {self.data.name!r}")

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import workdir as W
+from experiments.config import unet_compute_dtype
 from experiments.families.clip import data as CD
 from experiments.families.ldm import stages as S
 from experiments.families.ldm.config import LDMExperiment
@@ -69,7 +70,8 @@ def build_model(config: LDMExperiment, input_shape, text_width: int) -> UNet2DCo
   if h % f or w % f:
     raise ValueError(f"inputs of {h}x{w} do not halve {len(unet.block_out_channels) - 1} times "
                      f"(model.block_out_channels={unet.block_out_channels})")
-  return UNet2DConditionModel(unet)
+  return UNet2DConditionModel(unet, dtype=unet_compute_dtype(config.train),
+                              remat_policy=config.train.remat_policy)
 
 
 def init_state(config: LDMExperiment, model, key) -> TrainState:

@@ -38,7 +38,8 @@ def train(config: LDMExperiment, workdir: str) -> dict:
   init_key, train_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
   scale = None if inputs.stats is None else inputs.stats["scale"]
   step_fn = jax.jit(make_step_from_loss(R.make_loss_fn(config, model, table, scale),
-                                        ema_decay=tc.ema_decay, ema_warmup=tc.ema_warmup),
+                                        ema_decay=tc.ema_decay, ema_warmup=tc.ema_warmup,
+                                        accum_steps=tc.accum_steps),
                     donate_argnums=0)
 
   def write_grid(state, step: int):
