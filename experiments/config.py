@@ -229,11 +229,13 @@ class UNetTrainConfig(TrainConfig):
   loss stay float32 (mixed precision). ``remat_policy``: rematerialise every U-Net block in the
   backward pass (`jaxgen.nn.remat`). ``accum_steps``: average the gradients of this many
   micro-batches per update (`jaxgen.training.accumulate_gradients`); the batch size stays
-  ``data.batch_size``.
+  ``data.batch_size``. ``fsdp``: the size of the mesh's ``fsdp`` axis (`experiments.sharding`):
+  parameters, EMA and optimiser state are split over it, the other devices form ``data``.
   """
   compute_dtype: Literal["float32", "bfloat16"] = "float32"
   remat_policy: RematPolicy | None = None
   accum_steps: int = 1
+  fsdp: int = 1                    # > 1: shard the train state over this many devices
 
 
 def unet_compute_dtype(train: UNetTrainConfig):
@@ -243,7 +245,10 @@ def unet_compute_dtype(train: UNetTrainConfig):
 
 
 def check_accum_steps(config) -> None:
-  """``train.accum_steps`` must be >= 1 and divide ``data.batch_size`` (`ConfigError`)."""
+  """``train.accum_steps`` must be >= 1 and divide ``data.batch_size``, ``train.fsdp`` be
+  >= 1 (`ConfigError`)."""
+  if config.train.fsdp < 1:
+    raise ConfigError(f"train.fsdp={config.train.fsdp}: expected an int >= 1 (1: no FSDP)")
   k, b = config.train.accum_steps, config.data.batch_size
   if k < 1 or b % k:
     raise ConfigError(f"train.accum_steps={k}: expected an int >= 1 that divides "

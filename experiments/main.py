@@ -87,8 +87,10 @@ def _run(args) -> int:
   from experiments import config as C  # pylint: disable=import-outside-toplevel
   from experiments import workdir as W  # pylint: disable=import-outside-toplevel
   from experiments.families import commands, families, get_family  # pylint: disable=C0415
+  from jaxgen import parallel  # pylint: disable=import-outside-toplevel
   if args.command == "train":
     config = C.load_config(args.config, args.set)
+    parallel.maybe_initialize_distributed()  # a no-op unless launched as several processes
     out = get_family(config.family).train(config, args.workdir)
     print(json.dumps({k: v for k, v in out.items() if k != "state"}, default=str))
     return 0

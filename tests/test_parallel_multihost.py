@@ -29,7 +29,8 @@ from jax.sharding import PartitionSpec as P
 from jaxgen import data as jdata
 from jaxgen import parallel
 from jaxgen.diffusion.schedules import make_schedule
-from jaxgen.training import TrainState, make_manager, make_train_step, train_loop
+from jaxgen.training import (TrainState, make_manager, make_train_step, restore_arrays,
+                             train_loop)
 
 PER_PROCESS_BATCH, NUM_PROCESSES, STEPS, MAX_STEPS = 4, 2, 3, 40
 MIN_SIZE = 256  # the tiny model's kernels are sharded by the default FSDP rule
@@ -268,6 +269,10 @@ def test_sigterm_to_one_process_stops_both_with_a_checkpoint(runs, one_device):
   saved, data = _saved(runs, "fsdp", stop)
   assert [d["position"] for d in data["process_data_states"]] == [stop] * NUM_PROCESSES
   assert _max_diff(saved, one_device[stop]) <= 1e-6
+  # read-only restore (sampling, evaluation) into a host state, onto this process's device
+  host, step = restore_arrays(os.path.join(runs["dir"], "fsdp", "checkpoints"),
+                              jax.device_get(_init()))
+  assert step == stop and _max_diff(host.arrays(), saved) == 0
 
 
 # --- in-process: rules, mesh, batch (8 fake devices) ---------------------------------------

@@ -226,3 +226,19 @@ def test_sample_from_a_diffusers_checkpoint_folder(tmp_path):
   with pytest.raises(ValueError, match="beta_schedule"):
     (folder / "scheduler" / "scheduler_config.json").write_text('{"beta_schedule": "exp"}')
     sample_checkpoint(str(folder), str(tmp_path / "g2.png"), steps=2, num=1, batch=1)
+
+
+def test_fsdp_run_follows_the_replicated_run(trained, tmp_path):
+  """``train.fsdp=4`` on the 8 test devices (data 2 x fsdp 4): the large kernels of the train
+  state are split over ``fsdp``, and the logged losses are the replicated run's."""
+  config = smoke_config(**{"train.fsdp": 4})
+  out = train_mod.train(config, str(tmp_path))
+  kernel = out["state"].params["time_embedding"]["linear_2"]["kernel"]  # 128 x 128
+  assert "fsdp" in kernel.sharding.spec and kernel.addressable_shards[0].data.size == 128 * 32
+  assert out["state"].params["conv_in"]["bias"].sharding.is_fully_replicated
+  losses = [[l["loss"] for l in map(json.loads, open(os.path.join(d, "metrics.jsonl")))]
+            for d in (trained, str(tmp_path))]
+  np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+  assert os.path.isfile(os.path.join(tmp_path, "samples", "step_0000006.png"))
+  with pytest.raises(ValueError, match="fsdp"):
+    train_mod.train(smoke_config(**{"train.fsdp": 3}), str(tmp_path / "bad"))

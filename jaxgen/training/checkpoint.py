@@ -17,6 +17,7 @@ import logging
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxgen import parallel
@@ -65,6 +66,16 @@ def _own_data_state(data: dict | None, step: int) -> dict | None:
   return None
 
 
+def _restore_target(x) -> jax.ShapeDtypeStruct:
+  """Shape, dtype and sharding to restore leaf ``x`` into: its own sharding, or this process's
+  first device for a host array (a checkpoint written on another topology, e.g. by several
+  processes with FSDP, is then read onto this one instead of the saved layout)."""
+  sharding = getattr(x, "sharding", None)
+  if not isinstance(sharding, jax.sharding.Sharding):
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+
 def restore_latest(manager: ocp.CheckpointManager, state: TrainState, *,
                    with_data: bool = True) -> tuple[TrainState, dict | None, int] | None:
   """Restores the newest readable checkpoint into the structure (and shardings) of ``state``.
@@ -79,7 +90,7 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState, *,
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return None
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state.arrays())
+  target = jax.tree.map(_restore_target, state.arrays())
   errors = []
   for step in steps:
     try:

@@ -56,10 +56,19 @@ class Terminated(Exception):
   same call again resumes it. `train_loop` treats one raised by a hook as its own SIGTERM."""
 
 
+@jax.jit
+def _all_finite(leaves):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def all_finite(tree) -> bool:
-  """True when every array leaf of `tree` is free of NaN and inf (checked before saving)."""
-  leaves = jax.tree.leaves(jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree))
-  return bool(jax.device_get(jnp.all(jnp.stack(leaves)))) if leaves else True
+  """True when every array leaf of `tree` is free of NaN and inf (checked before saving).
+
+  One compiled program over all leaves: over several processes, one eager reduction per leaf
+  would launch many small programs with collectives, whose interleaving on the CPU's gloo
+  collectives can deadlock."""
+  leaves = jax.tree.leaves(tree)
+  return bool(jax.device_get(_all_finite(leaves))) if leaves else True
 
 
 def sigterm_blocked() -> bool:

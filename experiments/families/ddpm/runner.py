@@ -14,10 +14,12 @@ from typing import Callable
 import jax
 import numpy as np
 
+from experiments import sharding
 from experiments import workdir as W
 from experiments.families.ddpm import model as B
 from experiments.families.ddpm.config import DDPMConfig
 from jaxgen import data as jdata
+from jaxgen import parallel
 from jaxgen.training import make_train_step, train_loop, write_run_json
 
 log = logging.getLogger(__name__)
@@ -49,15 +51,18 @@ def train(config: DDPMConfig, workdir: str, *, sources: Sources = W.build_source
       null_label=B.null_label(model), accum_steps=tc.accum_steps), donate_argnums=0)
   sample_fn = B.make_sample_fn(model, schedule, config, config.sample.sampler)
   table = B.sampling_table(config)
+  mesh, state_sharding = sharding.training_mesh(tc)
 
   def write_samples(state, step: int):
     n = config.sample.num
     if not n:
       return
     labels = class_labels(model, n, source.num_classes)
-    imgs = B.draw_samples(sample_fn, state.ema_params, jax.random.fold_in(sample_key, step),
-                          n, config.sample.batch_size, source.image_shape, table,
-                          config.sample.eta, labels)
+    imgs = B.draw_samples(sample_fn, sharding.gathered(state.ema_params, mesh),
+                          jax.random.fold_in(sample_key, step), n, config.sample.batch_size,
+                          source.image_shape, table, config.sample.eta, labels)
+    if not parallel.is_primary():
+      return
     W.write_images(os.path.join(workdir, "samples", f"step_{step:07d}.png"), imgs)
     write_run_json(os.path.join(workdir, "samples", "run.json"),
                    W.run_record(config, "train", step=step, sampler=config.sample.sampler,
@@ -71,7 +76,8 @@ def train(config: DDPMConfig, workdir: str, *, sources: Sources = W.build_source
       lambda state, batch: step_fn(state, batch, train_key),
       num_steps=tc.num_steps, workdir=workdir,
       loader=jdata.Loader(source, config.data.batch_size, seed=config.seed),
-      batch_keys=("image", "label"), image_shape=source.image_shape,
+      batch_keys=("image", "label"), image_shape=source.image_shape, mesh=mesh,
+      state_sharding=state_sharding,
       log_every=tc.log_every, checkpoint_every=tc.checkpoint_every, max_to_keep=tc.max_to_keep,
       log_fn=log_fn, postfix=lambda m: {"loss": f"{m['loss']:.4f}",
                                         "it_s": f"{m['steps_per_sec']:.1f}"},

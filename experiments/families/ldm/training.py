@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from experiments import sharding
 from experiments import workdir as W
 from experiments.families.ldm import runner as R
 from experiments.families.ldm import stages as S
@@ -42,10 +43,13 @@ def train(config: LDMExperiment, workdir: str) -> dict:
                                         accum_steps=tc.accum_steps),
                     donate_argnums=0)
 
+  mesh, state_sharding = sharding.training_mesh(tc)
+
   def write_grid(state, step: int):
     if config.sample.num:
       # the stages this run already holds, with the U-Net's current EMA parameters
-      prompt_grid(R.Trained(config, workdir, te, ae, model, state.ema_params, step,
+      params = sharding.gathered(state.ema_params, mesh)
+      prompt_grid(R.Trained(config, workdir, te, ae, model, params, step,
                             inputs.stats, inputs.input_shape), seed=config.seed)
 
   out = train_loop(
@@ -53,7 +57,7 @@ def train(config: LDMExperiment, workdir: str) -> dict:
       lambda state, batch: step_fn(state, batch, train_key),
       num_steps=tc.num_steps, workdir=workdir,
       loader=jdata.Loader(inputs.source, config.data.batch_size, seed=config.seed),
-      batch_keys=("image", "caption"),
+      batch_keys=("image", "caption"), mesh=mesh, state_sharding=state_sharding,
       image_shape=inputs.source.image_shape if ae is None else None,
       log_every=tc.log_every, checkpoint_every=tc.checkpoint_every, max_to_keep=tc.max_to_keep,
       hooks=[(tc.sample_every, write_grid)], at_end=[write_grid],
