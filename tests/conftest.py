@@ -24,12 +24,28 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-# A persistent compilation cache per test process (per pytest-xdist worker): identical
-# programs compiled again in the same process (e.g. the runner trained twice for the resume
-# test) load instead of recompiling.
+# One persistent compilation cache for the whole run: made by the first process that loads
+# this file (pytest-xdist's controller, before it starts the workers), then inherited through
+# the environment by every worker and by the processes tests start (runner subprocesses,
+# notebook kernels). Identical programs compiled again (the runner trained twice for a resume
+# test, one smoke model trained by tests in two files) load instead of recompiling.
 import tempfile  # noqa: E402
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="jaxgen-xla-cache-"))
+if not os.environ.get("JAXGEN_TEST_XLA_CACHE"):
+  os.environ["JAXGEN_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="jaxgen-xla-cache-")
+  _OWN_CACHE = True
+else:
+  _OWN_CACHE = False
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["JAXGEN_TEST_XLA_CACHE"]
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+jax.config.update("jax_compilation_cache_dir", os.environ["JAXGEN_TEST_XLA_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_unconfigure(config):
+  """The process that made the compilation cache removes it at the end of the run."""
+  if _OWN_CACHE and not hasattr(config, "workerinput"):
+    import shutil
+    shutil.rmtree(os.environ["JAXGEN_TEST_XLA_CACHE"], ignore_errors=True)
 
 
 def _key_data(nodeid: str) -> int:
