@@ -263,6 +263,10 @@ def test_colour_sweep_bookkeeping(runs, monkeypatch):
     assert p["shape_kept"] == 1.0 and p["num"] == 3
   assert rec["mean"]["target_reached"] == pytest.approx(np.mean(
       [p["target_reached"] for p in rec["pairs"]]))
+  # the same-colour control: each source edited towards its own colour, reached iff < 3
+  assert rec["control_same_colour"]["target_reached"] == pytest.approx(3 / 4 * 1 / 3)
+  assert rec["control_same_colour"]["shape_kept"] == 1.0
+  assert rec["shape_confidence_mean"] == 1.0 and rec["shape_confidence_share_confident"] == 1.0
 
 
 def test_clip_generate(runs, capsys):

@@ -30,10 +30,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import jax
 import numpy as np
 
 from jaxgen.data.sources import Source
+from jaxgen.data.loader import check_loader_args
 
 _CONFIG_KEYS = ("seed", "batch_size", "shuffle", "shard_index", "num_shards",
                 "num_examples", "worker_count")
@@ -110,15 +110,7 @@ class GrainLoader:
     """
     import grain  # pylint: disable=import-outside-toplevel  # only when a GrainLoader is built
 
-    num_shards = jax.process_count() if num_shards is None else num_shards
-    shard_index = jax.process_index() if shard_index is None else shard_index
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-      raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-      raise ValueError(f"need 0 <= shard_index < num_shards, got shard_index={shard_index}, "
-                       f"num_shards={num_shards}.")
-    if num_epochs is not None and num_epochs < 1:
-      raise ValueError(f"num_epochs must be None (infinite) or >= 1, got {num_epochs}.")
+    shard_index, num_shards = check_loader_args(seed, shard_index, num_shards, num_epochs)
     for name, value in (("worker_count", worker_count), ("read_threads", read_threads),
                         ("prefetch_batches", prefetch_batches)):
       if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:

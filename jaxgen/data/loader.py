@@ -19,6 +19,29 @@ _STATE_KEYS = frozenset({"epoch", "position", "seed", "batch_size", "shuffle",
                          "drop_remainder", "shard_index", "num_shards", "num_examples"})
 
 
+def check_loader_args(seed, shard_index: int | None, num_shards: int | None,
+                      num_epochs: int | None) -> tuple[int, int]:
+  """The checks every loader makes of its seed, shard and epoch arguments.
+
+  Returns:
+    ``(shard_index, num_shards)``, defaulting to ``jax.process_index()`` and
+    ``jax.process_count()``.
+  Raises:
+    ValueError: a negative or non-integer seed, a bad shard index, a non-positive number of
+      epochs.
+  """
+  num_shards = jax.process_count() if num_shards is None else num_shards
+  shard_index = jax.process_index() if shard_index is None else shard_index
+  if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+    raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
+  if num_shards < 1 or not 0 <= shard_index < num_shards:
+    raise ValueError(f"need 0 <= shard_index < num_shards, got shard_index={shard_index}, "
+                     f"num_shards={num_shards}.")
+  if num_epochs is not None and num_epochs < 1:
+    raise ValueError(f"num_epochs must be None (infinite) or >= 1, got {num_epochs}.")
+  return shard_index, num_shards
+
+
 class Loader:
   """Iterates host batches (dicts of numpy arrays) of a :class:`Source`.
 
@@ -55,15 +78,7 @@ class Loader:
       ValueError: for a non-positive batch size or one larger than this host's slice,
         a bad shard index or a non-positive number of epochs.
     """
-    num_shards = jax.process_count() if num_shards is None else num_shards
-    shard_index = jax.process_index() if shard_index is None else shard_index
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-      raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-      raise ValueError(f"need 0 <= shard_index < num_shards, got shard_index={shard_index}, "
-                       f"num_shards={num_shards}.")
-    if num_epochs is not None and num_epochs < 1:
-      raise ValueError(f"num_epochs must be None (infinite) or >= 1, got {num_epochs}.")
+    shard_index, num_shards = check_loader_args(seed, shard_index, num_shards, num_epochs)
     self.source = source
     self.batch_size = int(batch_size)
     self.seed, self.shuffle, self.drop_remainder = int(seed), bool(shuffle), bool(drop_remainder)

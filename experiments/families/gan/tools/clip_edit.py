@@ -325,14 +325,19 @@ def clip_edit(t: Trained, clip: FrozenCLIP, source: str, target: str, *, seeds,
 
 
 def colour_sweep(t: Trained, clip: FrozenCLIP, settings: EditSettings, *,
-                 num_latents: int = 256, seed: int = 0, show: int = 8) -> str:
+                 num_latents: int = 256, seed: int = 0, show: int = 8,
+                 confident_shape: bool = False) -> str:
   """Every colour edit: for each source colour, `num_latents` sampled latents whose colour
-  the attribute classifier reads with P >= 0.9 (drawn from ``key(seed)``), edited to each
-  other colour; prompts are the colour words ensembled over the CLIP's captions.
+  the attribute classifier reads with P >= 0.9 (drawn from ``key(seed)``; with
+  `confident_shape` their shape too), edited to each other colour; prompts are the colour
+  words ensembled over the CLIP's captions. As a control, the same method also edits each
+  source towards its own colour (an edit that should change nothing): its shape / position /
+  size kept are the floor the colour edits' figures are read against.
 
   Returns:
     The path of ``clip_edit_<method>_colours.png`` (per edit, `show` images before and after)
-    and its JSON: one record per (source, target) pair and the means over the pairs.
+    and its JSON: one record per (source, target) pair, the means over the pairs, the
+    control's means and the classifier's mean shape confidence on the sampled images.
   """
   colours = t.attributes.get("color")
   if colours is None:
@@ -340,13 +345,17 @@ def colour_sweep(t: Trained, clip: FrozenCLIP, settings: EditSettings, *,
                      "attribute).")
   feats = prompt_features(clip, list(colours), ensemble=True)
   key = jax.random.key(seed)
-  pools, drawn, batch = {c: [] for c in range(len(colours))}, 0, 4096
+  pools, drawn, batch, shape_p = {c: [] for c in range(len(colours))}, 0, 4096, []
   while min(len(v) for v in pools.values()) < num_latents and drawn < 200_000:
     z = jax.random.normal(jax.random.fold_in(key, drawn), (batch, t.z_dim))
     w = np.asarray(t.latents(z, "w"))
     r = readings(t, t.images(w, "w"))
+    keep = r["color_p"] >= CONFIDENT
+    if "shape" in r:
+      shape_p.append(r["shape_p"])
+      keep &= (r["shape_p"] >= CONFIDENT) | (not confident_shape)
     for c in pools:
-      pools[c].extend(w[(r["color"] == c) & (r["color_p"] >= CONFIDENT)])
+      pools[c].extend(w[(r["color"] == c) & keep])
     drawn += batch
   short = {colours[c]: len(v) for c, v in pools.items() if len(v) < num_latents}
   if short:
@@ -363,14 +372,28 @@ def colour_sweep(t: Trained, clip: FrozenCLIP, settings: EditSettings, *,
                                 source_colour=c_src)})
       grid += [res["before"][:show], res["after"][:show]]
       print(pairs[-1])
+  control = []
+  for c in range(len(colours)):
+    res = run_edits(t, clip, np.stack(pools[c][:num_latents]), feats[c], feats[c], settings,
+                    seed=seed)
+    control.append(summarise(t, clip, res, feats[c], target_colour=c))
   keys = ("target_reached", "shape_kept", "clip_score_gain", "w_distance", "s_distance",
           "seconds_per_edit", "position_kept", "size_kept", "source_colour_left")
   mean = {k: float(np.mean([p[k] for p in pairs])) for k in keys if pairs[0].get(k) is not None}
   rec = {"sweep": "colour", "num_latents": num_latents, "clip": clip.workdir,
          "clip_step": clip.step, "resize": clip.resize, **_settings_record(settings),
-         "mean": mean, "compile_seconds": pairs[0]["compile_seconds"],
+         "confident_shape": confident_shape,
+         "shape_confidence_mean": float(np.mean(np.concatenate(shape_p))) if shape_p else None,
+         "shape_confidence_share_confident": (float(np.mean(np.concatenate(shape_p) >= CONFIDENT))
+                                              if shape_p else None),
+         "mean": mean,
+         "control_same_colour": {k: float(np.mean([c[k] for c in control]))
+                                 for k in ("target_reached", "shape_kept", "position_kept",
+                                           "size_kept") if control[0].get(k) is not None},
+         "compile_seconds": pairs[0]["compile_seconds"],
          "setup_seconds": max(p["setup_seconds"] for p in pairs), "pairs": pairs}
-  path = output_path(t, f"clip_edit_{settings.method}_colours", seed)
+  name = f"clip_edit_{settings.method}_colours" + ("_confident_shape" if confident_shape else "")
+  path = output_path(t, name, seed)
   return write_output(path, np.concatenate(grid), show, rec, t, "clip-edit")
 
 
@@ -400,6 +423,8 @@ def add_arguments(p) -> None:
   p.add_argument("--sweep", choices=("colour",), default=None,
                  help="measure every colour edit instead of one text pair")
   p.add_argument("--num-latents", type=int, default=256)
+  p.add_argument("--confident-shape", action="store_true",
+                 help="sweep sources whose shape the classifier also reads with P >= 0.9")
   p.add_argument("--l2", type=float, default=0.008, help="lambda_L2 of the optimisation")
   p.add_argument("--strength", type=number, default=3.0, help="alpha of a global direction")
   p.add_argument("--threshold", type=float, default=0.1, help="beta of a global direction")
@@ -428,7 +453,8 @@ def run_tool(t: Trained, a) -> str:
     _check_prompt(a.target, "--target")
   clip = load_clip(a.clip, t.generator.config.image_shape, resize=a.resize)
   if a.sweep == "colour":
-    return colour_sweep(t, clip, settings, num_latents=a.num_latents, seed=a.seed)
+    return colour_sweep(t, clip, settings, num_latents=a.num_latents, seed=a.seed,
+                        confident_shape=a.confident_shape)
   return clip_edit(t, clip, a.source, a.target, seeds=gan.parse_seeds(a.seeds),
                    settings=settings, ensemble=a.ensemble, seed=a.seed)
 
