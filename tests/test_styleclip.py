@@ -267,6 +267,11 @@ def test_colour_sweep_bookkeeping(runs, monkeypatch):
   assert rec["control_same_colour"]["target_reached"] == pytest.approx(3 / 4 * 1 / 3)
   assert rec["control_same_colour"]["shape_kept"] == 1.0
   assert rec["shape_confidence_mean"] == 1.0 and rec["shape_confidence_share_confident"] == 1.0
+  # a global direction from a text to itself is zero: the global sweep has no control
+  path = CE.colour_sweep(t, clip, CE.EditSettings(method="global", threshold=0.0,
+                                                  num_channel_images=2), num_latents=3, show=2)
+  rec = json.load(open(path[:-4] + ".json"))
+  assert len(rec["pairs"]) == 12 and rec["control_same_colour"] is None
 
 
 def test_clip_generate(runs, capsys):

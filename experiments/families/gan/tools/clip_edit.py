@@ -330,7 +330,7 @@ def colour_sweep(t: Trained, clip: FrozenCLIP, settings: EditSettings, *,
   """Every colour edit: for each source colour, `num_latents` sampled latents whose colour
   the attribute classifier reads with P >= 0.9 (drawn from ``key(seed)``; with
   `confident_shape` their shape too), edited to each other colour; prompts are the colour
-  words ensembled over the CLIP's captions. As a control, the same method also edits each
+  words ensembled over the CLIP's captions. As a control, the optimisation also edits each
   source towards its own colour (an edit that should change nothing): its shape / position /
   size kept are the floor the colour edits' figures are read against.
 
@@ -372,8 +372,8 @@ def colour_sweep(t: Trained, clip: FrozenCLIP, settings: EditSettings, *,
                                 source_colour=c_src)})
       grid += [res["before"][:show], res["after"][:show]]
       print(pairs[-1])
-  control = []
-  for c in range(len(colours)):
+  control = []  # a global direction between a text and itself is zero: nothing to measure
+  for c in range(len(colours)) if settings.method == "optimise" else ():
     res = run_edits(t, clip, np.stack(pools[c][:num_latents]), feats[c], feats[c], settings,
                     seed=seed)
     control.append(summarise(t, clip, res, feats[c], target_colour=c))
@@ -389,7 +389,8 @@ def colour_sweep(t: Trained, clip: FrozenCLIP, settings: EditSettings, *,
          "mean": mean,
          "control_same_colour": {k: float(np.mean([c[k] for c in control]))
                                  for k in ("target_reached", "shape_kept", "position_kept",
-                                           "size_kept") if control[0].get(k) is not None},
+                                           "size_kept") if control[0].get(k) is not None}
+                                if control else None,
          "compile_seconds": pairs[0]["compile_seconds"],
          "setup_seconds": max(p["setup_seconds"] for p in pairs), "pairs": pairs}
   name = f"clip_edit_{settings.method}_colours" + ("_confident_shape" if confident_shape else "")
