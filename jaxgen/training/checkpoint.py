@@ -66,14 +66,25 @@ def _own_data_state(data: dict | None, step: int) -> dict | None:
   return None
 
 
-def _restore_target(x) -> jax.ShapeDtypeStruct:
-  """Shape, dtype and sharding to restore leaf ``x`` into: its own sharding, or this process's
-  first device for a host array (a checkpoint written on another topology, e.g. by several
-  processes with FSDP, is then read onto this one instead of the saved layout)."""
-  sharding = getattr(x, "sharding", None)
-  if not isinstance(sharding, jax.sharding.Sharding):
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+def _on_this_device(x) -> jax.ShapeDtypeStruct:
+  """A host leaf's restore target on this process's first device."""
+  return jax.ShapeDtypeStruct(np.shape(x), x.dtype,
+                              sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+
+
+def _restore_step(manager: ocp.CheckpointManager, step: int, targets, with_data: bool):
+  """The items of checkpoint ``step`` restored into the first of ``targets`` that works
+  (raises the first target's error when none does)."""
+  first = None
+  for target in targets:
+    items = {"state": ocp.args.StandardRestore(target)}
+    if with_data:
+      items["data"] = ocp.args.JsonRestore()
+    try:
+      return manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # noqa: BLE001 -- try the next target
+      first = first or e
+  raise first
 
 
 def restore_latest(manager: ocp.CheckpointManager, state: TrainState, *,
@@ -90,14 +101,19 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState, *,
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return None
-  target = jax.tree.map(_restore_target, state.arrays())
+  arrays = state.arrays()
+  # Device arrays restore onto their own shardings; host arrays onto the shardings saved in
+  # the checkpoint, or, when those name another topology (a checkpoint of several processes
+  # read back in one), onto this process's first device.
+  targets = [jax.tree.map(ocp.utils.to_shape_dtype_struct, arrays)]
+  if any(not isinstance(getattr(x, "sharding", None), jax.sharding.Sharding)
+         for x in jax.tree.leaves(arrays)):
+    targets.append(jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct) and
+                                x.sharding is not None else _on_this_device(x), targets[0]))
   errors = []
   for step in steps:
     try:
-      items = {"state": ocp.args.StandardRestore(target)}
-      if with_data:
-        items["data"] = ocp.args.JsonRestore()
-      restored = manager.restore(step, args=ocp.args.Composite(**items))
+      restored = _restore_step(manager, step, targets, with_data)
       data = restored["data"] if with_data and "data" in restored else None
       return state.replace_arrays(restored["state"]), _own_data_state(data, step), step
     except Exception as e:  # noqa: BLE001 -- any failure to read means "try the previous one"
