@@ -244,9 +244,9 @@ def unet_compute_dtype(train: UNetTrainConfig):
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[train.compute_dtype]
 
 
-def check_accum_steps(config) -> None:
-  """``train.accum_steps`` must be >= 1 and divide ``data.batch_size``, ``train.fsdp`` be
-  >= 1 (`ConfigError`)."""
+def check_unet_train(config) -> None:
+  """The checks of a `UNetTrainConfig` against the config: ``train.fsdp`` >= 1 and
+  ``train.accum_steps`` >= 1 dividing ``data.batch_size`` (`ConfigError`)."""
   if config.train.fsdp < 1:
     raise ConfigError(f"train.fsdp={config.train.fsdp}: expected an int >= 1 (1: no FSDP)")
   k, b = config.train.accum_steps, config.data.batch_size

@@ -2,6 +2,7 @@
 U-Net blocks against the plain blocks, and bfloat16 computation against the float32 loss
 curve of the demo model."""
 import re
+import typing
 
 import jax
 import jax.numpy as jnp
@@ -127,6 +128,7 @@ def test_unknown_remat_policy_and_bad_accum_steps_are_refused(unet):
     UNet2D(CFG, remat_policy="everything").apply({"params": params}, batch["image"], 0,
                                                   batch["label"])
   assert "nothing_saveable" in REMAT_POLICIES
+  assert typing.get_args(C.RematPolicy) == REMAT_POLICIES  # the config's choices are the module's
   config = ddpm_digits.get_config("smoke")
   with pytest.raises(C.ConfigError, match=r"train.accum_steps=3.*divides data.batch_size=16"):
     C.apply_overrides(config, ["train.accum_steps=3"])

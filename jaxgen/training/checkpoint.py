@@ -106,10 +106,9 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState, *,
   # the checkpoint, or, when those name another topology (a checkpoint of several processes
   # read back in one), onto this process's first device.
   targets = [jax.tree.map(ocp.utils.to_shape_dtype_struct, arrays)]
-  if any(not isinstance(getattr(x, "sharding", None), jax.sharding.Sharding)
-         for x in jax.tree.leaves(arrays)):
-    targets.append(jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct) and
-                                x.sharding is not None else _on_this_device(x), targets[0]))
+  if any(s.sharding is None for s in jax.tree.leaves(targets[0])):
+    targets.append(jax.tree.map(lambda s: s if s.sharding is not None else _on_this_device(s),
+                                targets[0]))
   errors = []
   for step in steps:
     try:

@@ -5,7 +5,7 @@ import dataclasses
 from typing import Literal
 
 from experiments.config import (Config, DataConfig, EvalConfig, SampleConfig, UNetTrainConfig,
-                                check_accum_steps, overrides_of)
+                                check_unet_train, overrides_of)
 from jaxgen.nn import UNetConfig
 
 __all__ = ["DDPMConfig", "DataConfig", "DiffusionConfig", "DiffusionEvalConfig",
@@ -58,4 +58,4 @@ class DDPMConfig(Config):
   eval: DiffusionEvalConfig = dataclasses.field(default_factory=DiffusionEvalConfig)
 
   def validate(self) -> None:
-    check_accum_steps(self)
+    check_unet_train(self)

@@ -16,7 +16,7 @@ import dataclasses
 from typing import Literal
 
 from experiments.config import (Config, ConfigError, DataConfig, EvalConfig, TrainConfig,
-                                UNetTrainConfig, check_accum_steps, overrides_of)
+                                UNetTrainConfig, check_unet_train, overrides_of)
 from experiments.families.ddpm.config import DiffusionConfig
 from jaxgen.nn import UNet2DConditionConfig
 
@@ -107,7 +107,7 @@ class LDMExperiment(Config):
   eval: LDMEvalConfig = dataclasses.field(default_factory=LDMEvalConfig)
 
   def validate(self) -> None:
-    check_accum_steps(self)
+    check_unet_train(self)
     if self.data.name != "shapes":
       raise ConfigError(f"the ldm family trains on the shapes captions: data.name must be "
                         f"'shapes', got {self.data.name!r}")
